@@ -1,0 +1,1 @@
+"""Example third-party srpo plugins (see pyproject.toml for their entry points)."""

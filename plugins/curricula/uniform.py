@@ -1,0 +1,55 @@
+"""Plain GRPO's curriculum: every prompt once per epoch, in a seeded shuffled order."""
+
+from __future__ import annotations
+
+import random
+
+from pydantic import Field
+
+from srpo.api import Curriculum, PluginContext, PluginOptions
+from srpo.types import Prompt, StateDict
+
+
+class UniformOptions(PluginOptions):
+    shuffle: bool = True
+    domains: list[str] | None = Field(None, description="domains to draw from (default: all)")
+
+
+class UniformCurriculum(Curriculum):
+    Options = UniformOptions
+
+    def __init__(self, options: UniformOptions, context: PluginContext) -> None:
+        super().__init__(options, context)
+        domains = options.domains or sorted(context.datasets)
+        unknown = [d for d in domains if d not in context.datasets]
+        if unknown:
+            raise ValueError(
+                f"unknown domain {unknown[0]!r} (datasets: {sorted(context.datasets)})"
+            )
+        self.prompts: list[Prompt] = [p for d in domains for p in context.datasets[d]]
+        self.order: list[int] = []
+        self.cursor = 0
+        self.epoch = -1
+
+    def begin_epoch(self, epoch: int) -> None:
+        if epoch == self.epoch and self.order:
+            return  # resumed mid-epoch: keep the restored order and cursor
+        self.epoch = epoch
+        self.order = list(range(len(self.prompts)))
+        if self.options.shuffle:
+            random.Random(self.context.seed * 1_000_003 + epoch).shuffle(self.order)
+        self.cursor = 0
+
+    def next_prompts(self, n: int) -> list[Prompt]:
+        chosen = self.order[self.cursor : self.cursor + n]
+        self.cursor += len(chosen)
+        return [self.prompts[i] for i in chosen]
+
+    def epoch_size(self) -> int:
+        return len(self.prompts)
+
+    def state_dict(self) -> StateDict:
+        return {"epoch": self.epoch, "order": list(self.order), "cursor": self.cursor}
+
+    def load_state_dict(self, state: StateDict) -> None:
+        self.epoch, self.order, self.cursor = state["epoch"], list(state["order"]), state["cursor"]

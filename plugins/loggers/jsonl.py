@@ -1,0 +1,56 @@
+"""Metrics as JSON lines in the run directory: one object per step, evaluation and epoch."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import IO, Any
+
+from pydantic import Field
+
+from srpo.api import Logger, PluginContext, PluginOptions
+from srpo.kernel import events as ev
+
+
+class JsonlOptions(PluginOptions):
+    filename: str = Field("metrics.jsonl", description="file name inside the run directory")
+
+
+def _clean(metrics: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN/inf: write them as null rather than produce an unreadable file."""
+    return {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+        for k, v in metrics.items()
+    }
+
+
+class JsonlLogger(Logger):
+    Options = JsonlOptions
+
+    def __init__(self, options: JsonlOptions, context: PluginContext) -> None:
+        super().__init__(options, context)
+        self.file: IO[str] | None = None
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self.file is None:
+            path = self.context.run_dir / self.options.filename
+            self.file = path.open("a", encoding="utf-8")
+        self.file.write(json.dumps(_clean(record)) + "\n")
+        self.file.flush()
+
+    def on_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.StepEnd):
+            self._write({"kind": "step", "step": event.step, "epoch": event.epoch, **event.metrics})
+        elif isinstance(event, ev.Evaluation):
+            self._write({"kind": "eval", "step": event.step, "label": event.label, **event.metrics})
+        elif isinstance(event, ev.EpochEnd):
+            self._write({"kind": "epoch", "epoch": event.epoch, **event.metrics})
+        elif isinstance(event, ev.RunEnd):
+            self._write(
+                {"kind": "end", "step": event.step, "status": event.status, **event.summary}
+            )
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None

@@ -1,0 +1,160 @@
+"""``srpo``: train with a run file, validate it, list plugins, inspect history.
+
+Examples:
+  srpo run examples/tiny/plugins.yaml                   # train the shipped tiny example
+  srpo run plugins.yaml --set algorithm.group_size=16   # override any key
+  srpo validate plugins.yaml                            # check a run file, run nothing
+  srpo plugins list                                     # every plugin, with load errors
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from srpo import __version__
+from srpo.errors import SrpoError
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"srpo: error: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from srpo.config import load_config
+    from srpo.kernel.build import load_datasets, plan
+
+    loaded = load_config(args.run_file, args.set or ())
+    plan(loaded)
+    data = load_datasets(loaded)
+    evals = load_datasets(loaded, eval_split=True)
+    sizes = ", ".join(f"{d}: {len(v)}" for d, v in data.items())
+    esizes = ", ".join(f"{d}: {len(v)}" for d, v in evals.items()) or "none"
+    print(f"{args.run_file}: OK (train prompts {sizes}; held-out {esizes})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from srpo.config import load_config
+    from srpo.kernel.build import build, close_roles
+    from srpo.kernel.history_hook import open_history
+
+    loaded = load_config(args.run_file, args.set or ())
+    kernel = build(loaded, overwrite=args.overwrite, history_factory=open_history)
+    try:
+        status = kernel.run()
+    except KeyboardInterrupt:
+        print("srpo: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        close_roles(kernel)
+        if kernel.history is not None:
+            kernel.history.close()
+    return 0 if status == "completed" else 1
+
+
+def cmd_plugins_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from srpo import registry
+
+    table = Table(show_edge=False)
+    for col in ("role", "name", "distribution", "version", "status"):
+        table.add_column(col)
+    broken = 0
+    for info in registry.discover():
+        status = "ok" if info.ok else f"[red]error: {info.error}[/red]"
+        broken += not info.ok
+        table.add_row(info.role, info.name, info.distribution or "?", info.version or "?", status)
+    Console(highlight=False).print(table)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import torch
+
+    from srpo import ops, registry
+
+    print(
+        f"srpo {__version__}, torch {torch.__version__}, cuda available: "
+        f"{torch.cuda.is_available()}"
+    )
+    print(f"loss op backend: {ops.active_backend()}")
+    for k, v in ops.backend_info().items():
+        print(f"  {k}: {v}")
+    bad = [p for p in registry.discover() if not p.ok]
+    print(f"plugins: {len(registry.discover()) - len(bad)} ok, {len(bad)} broken")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="srpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"srpo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="train with a run file",
+        description="Train with a run file (YAML). Paths inside it are "
+        "relative to the file; run.output_dir is relative to the current "
+        "directory.",
+    )
+    run.add_argument("run_file", help="the run file, e.g. examples/tiny/plugins.yaml")
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY.PATH=VALUE",
+        help="override a run-file key (repeatable), e.g. --set run.max_steps=10",
+    )
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run in run.output_dir"
+    )
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser(
+        "validate",
+        help="check a run file and its data; run nothing",
+        description="Validate the run file, plugin options and datasets. "
+        "Exit 0 when valid, 2 with a one-line located error otherwise.",
+    )
+    val.add_argument("run_file")
+    val.add_argument("--set", action="append", metavar="KEY.PATH=VALUE")
+    val.set_defaults(func=cmd_validate)
+
+    plugins = sub.add_parser("plugins", help="inspect installed plugins")
+    psub = plugins.add_subparsers(dest="plugins_command", metavar="SUBCOMMAND")
+    pl = psub.add_parser("list", help="every plugin with role, distribution, version, errors")
+    pl.set_defaults(func=cmd_plugins_list)
+    plugins.set_defaults(func=cmd_plugins_list)
+
+    doc = sub.add_parser("doctor", help="which loss backend is active, and plugin health")
+    doc.set_defaults(func=cmd_doctor)
+
+    try:
+        from srpo.history.cli import add_history_commands
+    except ImportError:  # pragma: no cover - the store is part of srpo; defensive only
+        pass
+    else:
+        add_history_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except SrpoError as e:
+        return _fail(str(e), e.exit_code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""The run file: schema, YAML with line numbers, ``--set`` overrides, one-line errors.
+
+A run file is YAML. Every problem is reported as ``plugins.yaml:LINE: key.path: what is
+wrong (did you mean ...?)`` so the user can jump straight to it. Paths to models and data
+are resolved relative to the run file; ``run.output_dir`` relative to the working
+directory (where you ran ``srpo``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from srpo.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class PluginSpec(_Strict):
+    """A plugin chosen by entry-point name, with its own options (validated by the plugin)."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    fatal: bool = True  # loggers only: a failing logger ends the run (True) or is dropped
+
+
+class RunSection(_Strict):
+    name: str = "srpo-run"
+    output_dir: Path = Path("runs/srpo-run")
+    seed: int = 0
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
+    prompts_per_step: int = Field(32, ge=1)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads")
+
+
+class OptimizerSection(_Strict):
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+
+
+class PolicySection(_Strict):
+    path: Path
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    micro_batch_size: int = Field(64, ge=1)
+    mini_batches: int = Field(1, ge=1, description="optimizer steps per training batch")
+    ppo_epochs: int = Field(1, ge=1)
+    chat_template: bool | None = None  # None: use the tokenizer's when it has one
+    reference_path: Path | None = None  # KL reference; default: the initial policy
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+
+
+class AlgorithmSection(_Strict):
+    group_size: int = Field(8, ge=1)
+    clip_low: float = Field(0.2, ge=0, lt=1)
+    clip_high: float = Field(0.2, ge=0)
+    dual_clip: float | None = Field(None, gt=1)
+    kl_coef: float = Field(0.0, ge=0)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
+        "token-mean"
+    )
+    norm_constant: float | None = Field(None, gt=0)
+    std_normalize: bool = True
+    eps: float = Field(1e-6, gt=0)
+    loss_backend: Literal["auto", "compiled", "reference"] = "auto"
+
+
+class DatasetSpec(_Strict):
+    path: Path
+    format: Literal["jsonl"] = "jsonl"
+    prompt_key: str = "prompt"
+    reference_key: str = "answer"
+    id_key: str | None = "id"
+    limit: int | None = Field(None, ge=1)
+
+
+class EvalSection(_Strict):
+    datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
+    every: int = Field(0, ge=0, description="evaluate every N steps (0: before and after only)")
+    max_prompts: int | None = Field(None, ge=1)
+
+
+class HistorySection(_Strict):
+    enabled: bool = True
+    store_tokens: bool = False
+
+
+class CheckpointSection(_Strict):
+    every: int = Field(0, ge=0)
+    keep: int = Field(2, ge=1)
+
+
+class RunConfig(_Strict):
+    run: RunSection = Field(default_factory=RunSection)
+    policy: PolicySection
+    algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection)
+    datasets: dict[str, DatasetSpec]
+    eval: EvalSection = Field(default_factory=EvalSection)
+    sampler: PluginSpec
+    verifiers: dict[str, PluginSpec]
+    curriculum: PluginSpec = Field(default_factory=lambda: PluginSpec(name="uniform"))
+    loggers: list[PluginSpec] = Field(
+        default_factory=lambda: [PluginSpec(name="console"), PluginSpec(name="jsonl")]
+    )
+    history: HistorySection = Field(default_factory=HistorySection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+
+    @field_validator("datasets")
+    @classmethod
+    def _some_data(cls, v: dict[str, DatasetSpec]) -> dict[str, DatasetSpec]:
+        if not v:
+            raise ValueError("at least one dataset (domain: {path: ...}) is required")
+        return v
+
+
+@dataclass
+class LoadedConfig:
+    """A validated run file plus where each key came from (for later, plugin-level errors)."""
+
+    config: RunConfig
+    file: str
+    lines: dict[tuple[str, ...], int] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def error(self, path: Sequence[str | int], message: str) -> ConfigError:
+        """A ConfigError located at the deepest known line along ``path``."""
+        return ConfigError(
+            message, file=self.file, line=_line_for(self.lines, path), path=_dotted(path)
+        )
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.file).resolve().parent
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _line_for(lines: Mapping[tuple[str, ...], int], path: Sequence[str | int]) -> int | None:
+    key = tuple(str(p) for p in path)
+    while key:
+        if key in lines:
+            return lines[key]
+        key = key[:-1]
+    return lines.get((), None)
+
+
+def _walk(node: yaml.Node, path: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> Any:
+    """Turn a composed YAML node into Python data, recording each key's 1-based line."""
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            sub = (*path, str(key))
+            lines[sub] = key_node.start_mark.line + 1
+            if key in out:
+                raise ConfigError("duplicate key", line=lines[sub], path=_dotted(sub))
+            out[key] = _walk(value_node, sub, lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_walk(v, (*path, str(i)), lines) for i, v in enumerate(node.value)]
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _parse_yaml(text: str, file: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = {} if node is None else _walk(node, (), lines)
+    except ConfigError as e:
+        raise ConfigError(e.message, file=file, line=e.line, path=e.path) from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise ConfigError(
+            f"invalid YAML: {e.problem or e}", file=file, line=mark.line + 1 if mark else None
+        ) from None
+    return data, lines
+
+
+def _coerce_scalar(text: str) -> Any:
+    """``--set`` values are YAML scalars: 1e-3 -> float, true -> bool, [1,2] -> list."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> None:
+    """Apply ``key.path=value`` overrides in place; list items by index (``loggers.0.name``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key.path=value, got {item!r}", file="--set")
+        key, _, value = item.partition("=")
+        parts = key.strip().split(".")
+        cur: Any = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(cur, list):
+                if not part.isdigit() or int(part) >= len(cur):
+                    raise ConfigError(f"no list item {part!r}", file="--set", path=key)
+                if last:
+                    cur[int(part)] = _coerce_scalar(value)
+                else:
+                    cur = cur[int(part)]
+            elif isinstance(cur, dict):
+                if last:
+                    cur[part] = _coerce_scalar(value)
+                else:
+                    cur = cur.setdefault(part, {})
+            else:
+                raise ConfigError(f"{'.'.join(parts[:i])} is not a mapping", file="--set", path=key)
+
+
+def _allowed_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
+    """Field names of the sub-model at ``loc`` (for "did you mean" hints)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            f = current.model_fields.get(str(part))
+            if f is None:
+                return []
+            current = _inner_model(f.annotation)
+        else:
+            current = _inner_model(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The BaseModel inside ``X``, ``dict[str, X]``, ``list[X]`` or ``X | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in reversed(getattr(annotation, "__args__", ()) or ()):
+        inner = _inner_model(arg)
+        if inner is not None:
+            return inner
+    return None
+
+
+def format_validation_error(
+    err: ValidationError,
+    model: type[BaseModel],
+    file: str,
+    lines: Mapping[tuple[str, ...], int],
+    prefix: Sequence[str | int] = (),
+) -> ConfigError:
+    """The first pydantic error as one located line, with a spelling hint for unknown keys."""
+    errors = err.errors()
+    # a typo shows up twice (unknown key + missing key): name the typo, it is the cause
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+    loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    full = [*prefix, *loc]
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        msg = "unknown key" + (
+            f" (did you mean {close[0]!r}?)"
+            if close
+            else (f" (expected one of: {', '.join(allowed)})" if allowed else "")
+        )
+    elif e["type"] == "missing":
+        msg = "required key is missing"
+    elif "input" in e and e["type"] not in ("value_error",):
+        msg = f"{msg} (got {e['input']!r})"
+    return ConfigError(msg, file=file, line=_line_for(lines, full), path=_dotted(full))
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> LoadedConfig:
+    """Read, override and validate a run file; raises ConfigError with one located line."""
+    p = Path(path)
+    file = str(path)
+    try:
+        raw_bytes = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("run file not found", file=file) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory, expected a YAML run file", file=file) from None
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw_bytes[: e.start].count(b"\n") + 1
+        raise ConfigError(f"not valid UTF-8 (byte {e.start})", file=file, line=line) from None
+    data, lines = _parse_yaml(text, file)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            "the run file must be a mapping of sections (run, policy, ...)", file=file, line=1
+        )
+    apply_overrides(data, overrides)
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise format_validation_error(err, RunConfig, file, lines) from None
+    loaded = LoadedConfig(config=cfg, file=file, lines=lines, raw=data)
+    missing = sorted(set(cfg.datasets) - set(cfg.verifiers))
+    if missing:
+        raise loaded.error(
+            ("verifiers",),
+            f"no verifier for domain {missing[0]!r} "
+            f"(datasets has {sorted(cfg.datasets)}, verifiers has "
+            f"{sorted(cfg.verifiers)})",
+        )
+    for domain in cfg.eval.datasets:
+        if domain not in cfg.verifiers:
+            raise loaded.error(("eval", "datasets", domain), "no verifier for this domain")
+    return loaded
+
+
+def resolve_path(loaded: LoadedConfig, p: Path) -> Path:
+    """Model/data paths are relative to the run file."""
+    return p if p.is_absolute() else (loaded.base_dir / p)
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,371 @@
+"""The microkernel: one loop that sequences steps and epochs and emits events.
+
+Per step: curriculum → sampler (G rollouts per prompt) → verifiers by domain → (group
+filtering and refill, when the curriculum asks for it) → policy update (advantage + loss +
+optimizer step) → history hook → events. Per epoch end: the curriculum rebuilds the next
+epoch, reading the history store. The kernel knows roles, never concrete plugins.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from srpo.api import Curriculum, Logger, Sampler, Verifier
+from srpo.errors import PluginError
+from srpo.kernel import events as ev
+from srpo.kernel.metrics import rollout_metrics
+from srpo.types import Prompt, RolloutBatch, Score, Scores
+
+FLAG_TRUNCATED = 1
+FLAG_VERIFIER_ERROR = 2
+
+
+class HistoryHook(Protocol):
+    """What the kernel needs from a history store: append a step's records, commit them."""
+
+    def append(self, **columns: Any) -> None: ...
+
+    def commit(self, step: int) -> None: ...
+
+
+@dataclass
+class Roles:
+    sampler: Sampler
+    verifiers: dict[str, Verifier]
+    curriculum: Curriculum
+    loggers: list[Logger]
+    fatal_loggers: set[int] = field(default_factory=set)  # indices whose failure ends the run
+
+
+@dataclass
+class KernelSettings:
+    group_size: int
+    prompts_per_step: int
+    epochs: int
+    max_steps: int | None
+    eval_every: int
+    seed: int
+    domains: Sequence[str]  # domain code = index in this list (stored in history)
+    fail_fast_verifiers: bool = False
+
+
+@dataclass
+class Counters:
+    """Where the run is; checkpointed with the roles' state."""
+
+    step: int = 0
+    epoch: int = 0
+    epoch_started: bool = False
+    rollouts: int = 0
+
+
+class Kernel:
+    """Runs a training run as steps and epochs over the roles it is given."""
+
+    def __init__(
+        self,
+        roles: Roles,
+        policy: Any,
+        settings: KernelSettings,
+        run_dir: Path,
+        config: Mapping[str, Any],
+        eval_sets: Mapping[str, Sequence[Prompt]],
+        history: HistoryHook | None = None,
+        history_reader: Any = None,
+        on_step_end: Callable[[Kernel], None] | None = None,
+    ) -> None:
+        self.roles, self.policy, self.s = roles, policy, settings
+        self.run_dir, self.config, self.eval_sets = run_dir, config, eval_sets
+        self.history, self.history_reader = history, history_reader
+        self.on_step_end = on_step_end
+        self.counters = Counters()
+        self.policy.temperature = float(getattr(roles.sampler, "temperature", 1.0))
+        self.stop_requested: str | None = None
+        self.last_eval: dict[str, float] = {}
+        self.first_eval: dict[str, float] = {}
+
+    # -- events -----------------------------------------------------------------------------
+
+    def emit(self, event: ev.Event) -> None:
+        for i, logger in enumerate(list(self.roles.loggers)):
+            try:
+                logger.on_event(event)
+            except Exception as e:
+                name = type(logger).__name__
+                if i in self.roles.fatal_loggers:
+                    raise PluginError(f"logger {name} failed on {event.kind}: {e}") from e
+                self.roles.loggers[i] = _Disabled(logger)
+                print(f"srpo: logger {name} failed on {event.kind} and is disabled: {e}")
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def total_steps(self) -> int | None:
+        if self.s.max_steps is not None:
+            return self.s.max_steps
+        size = self.roles.curriculum.epoch_size()
+        if size is None:
+            return None
+        return self.s.epochs * -(-size // self.s.prompts_per_step)
+
+    def seed_everything(self) -> None:
+        random.seed(self.s.seed)
+        np.random.seed(self.s.seed % 2**32)
+        torch.manual_seed(self.s.seed)
+
+    def run(self) -> str:
+        """Train to the end (or until a stop is requested); returns the final status."""
+        c = self.counters
+        self.emit(ev.RunStart(self.run_dir, self.config, self.total_steps(), c.step))
+        if c.step == 0:
+            self.first_eval = self.evaluate("before")
+        status = "completed"
+        while c.epoch < self.s.epochs and not self._done():
+            cur = self.roles.curriculum
+            if not c.epoch_started:
+                cur.begin_epoch(c.epoch)
+                c.epoch_started = True
+                self.emit(ev.EpochStart(c.epoch, cur.stage, cur.epoch_size()))
+            while not self._done():
+                if not self.step():
+                    break
+                if self.stop_requested:
+                    break
+            if self.stop_requested:
+                status = "interrupted"
+                break
+            if self._done() and not self._epoch_exhausted():
+                break
+            report = dict(cur.end_epoch(c.epoch, self.history_reader))
+            self.emit(ev.EpochEnd(c.epoch, report))
+            c.epoch += 1
+            c.epoch_started = False
+        if status == "completed":
+            self.last_eval = self.evaluate("after")
+        summary = {
+            **{f"before/{k}": v for k, v in self.first_eval.items()},
+            **{f"after/{k}": v for k, v in self.last_eval.items()},
+            "steps": float(c.step),
+            "rollouts": float(c.rollouts),
+        }
+        self.emit(ev.RunEnd(c.step, status, summary))
+        return status
+
+    def _done(self) -> bool:
+        return self.s.max_steps is not None and self.counters.step >= self.s.max_steps
+
+    def _epoch_exhausted(self) -> bool:
+        return False
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """One training step; False when the curriculum has no prompts left this epoch."""
+        c, cur = self.counters, self.roles.curriculum
+        t_start = time.perf_counter()
+        timing = {"generate": 0.0, "verify": 0.0, "update": 0.0, "history": 0.0}
+        parts: list[tuple[RolloutBatch, Scores]] = []
+        kept_groups, rounds, generated = 0, 0, 0
+        while rounds < max(1, cur.max_generation_rounds):
+            want = self.s.prompts_per_step - kept_groups
+            prompts = cur.next_prompts(want)
+            if not prompts:
+                break
+            if rounds == 0:
+                self.emit(ev.StepStart(c.step, c.epoch))
+            rounds += 1
+            batch, scores = self._rollouts(prompts, timing)
+            generated += batch.num_rollouts
+            self._record_history(batch, scores, timing)
+            keep = cur.accept_groups(batch, scores)
+            if keep is not None:
+                rows = keep.to(torch.bool)[batch.group]
+                batch, scores = batch.select_groups(keep), scores.select(rows)
+            parts.append((batch, scores))
+            kept_groups += len(batch.prompts)
+            if kept_groups >= self.s.prompts_per_step:
+                break
+        if rounds == 0:
+            return False
+        pad = int(self.policy.tokenizer.pad_token_id)
+        batch = RolloutBatch.concat([b for b, _ in parts], pad)
+        scores = Scores.concat([s for _, s in parts])
+        self.emit(ev.RolloutsScored(c.step, batch, scores))
+
+        t = time.perf_counter()
+        update_metrics = self.policy.update(batch, scores)
+        self.roles.sampler.sync(self.policy)
+        timing["update"] += time.perf_counter() - t
+        self.emit(ev.UpdateDone(c.step, update_metrics))
+
+        t = time.perf_counter()
+        if self.history is not None:
+            self.history.commit(c.step)
+        timing["history"] += time.perf_counter() - t
+        c.rollouts += generated
+        metrics = rollout_metrics(batch, scores, self.s.domains)
+        metrics.update(update_metrics)
+        metrics.update(
+            {
+                "epoch": float(c.epoch),
+                "stage": float(cur.stage),
+                "generation_rounds": float(rounds),
+                "rollouts_generated": float(generated),
+                "rollouts_total": float(c.rollouts),
+            }
+        )
+        total = time.perf_counter() - t_start
+        other = total - sum(timing.values())
+        metrics.update({f"time/{k}": v for k, v in timing.items()})
+        metrics["time/other"] = max(0.0, other)
+        metrics["time/step"] = total
+        if timing["generate"] > 0:
+            metrics["tokens_per_s"] = float(batch.response_mask.sum()) / timing["generate"]
+        cur.observe(metrics)
+        c.step += 1
+        if self.s.eval_every and c.step % self.s.eval_every == 0 and not self._done():
+            self.evaluate("during")
+        self.emit(ev.StepEnd(c.step - 1, c.epoch, metrics))
+        if self.on_step_end is not None:
+            self.on_step_end(self)
+        return True
+
+    def _rollouts(
+        self, prompts: list[Prompt], timing: dict[str, float]
+    ) -> tuple[RolloutBatch, Scores]:
+        t = time.perf_counter()
+        try:
+            batch = self.roles.sampler.generate(prompts, self.s.group_size)
+        except Exception as e:
+            raise PluginError(
+                f"sampler {type(self.roles.sampler).__name__} failed: {type(e).__name__}: {e}"
+            ) from e
+        timing["generate"] += time.perf_counter() - t
+        t = time.perf_counter()
+        scores = self.verify(batch)
+        timing["verify"] += time.perf_counter() - t
+        return batch, scores
+
+    def verify(self, batch: RolloutBatch) -> Scores:
+        """Score each rollout with its domain's verifier. A verifier that raises costs its
+        samples their reward (counted as errors), not the run — unless fail-fast is set."""
+        n = batch.num_rollouts
+        out: list[Score | None] = [None] * n
+        by_domain: dict[str, list[int]] = {}
+        for i in range(n):
+            by_domain.setdefault(batch.prompt_of(i).domain, []).append(i)
+        for domain, rows in by_domain.items():
+            verifier = self.roles.verifiers[domain]
+            prompts = [batch.prompt_of(i) for i in rows]
+            texts = [batch.response_text[i] for i in rows]
+            try:
+                got = verifier.score(prompts, texts)
+                if len(got) != len(rows):
+                    raise ValueError(f"returned {len(got)} scores for {len(rows)} responses")
+            except Exception as e:
+                if self.s.fail_fast_verifiers:
+                    raise PluginError(
+                        f"verifier {type(verifier).__name__} ({domain}) failed: "
+                        f"{type(e).__name__}: {e}"
+                    ) from e
+                got = [
+                    Score(0.0, False, error=f"verifier raised {type(e).__name__}: {e}")
+                    for _ in rows
+                ]
+            for i, s in zip(rows, got, strict=True):
+                out[i] = s
+        return (
+            Scores.from_list([s for s in out if s is not None])
+            if n
+            else Scores(torch.zeros(0), torch.zeros(0, dtype=torch.bool), [])
+        )
+
+    def _record_history(
+        self, batch: RolloutBatch, scores: Scores, timing: dict[str, float]
+    ) -> None:
+        if self.history is None or batch.num_rollouts == 0:
+            return
+        t = time.perf_counter()
+        codes = {d: i for i, d in enumerate(self.s.domains)}
+        pid = np.array([p.id for p in batch.prompts], dtype=np.uint64)[batch.group.numpy()]
+        dom = np.array([codes[p.domain] for p in batch.prompts], dtype=np.uint8)[
+            batch.group.numpy()
+        ]
+        flags = (batch.truncated.numpy().astype(np.uint8) * FLAG_TRUNCATED) | (
+            np.array([e is not None for e in scores.error], dtype=np.uint8) * FLAG_VERIFIER_ERROR
+        )
+        n = batch.num_rollouts
+        self.history.append(
+            prompt_id=pid,
+            epoch=np.full(n, self.counters.epoch, dtype=np.uint32),
+            step=np.full(n, self.counters.step, dtype=np.uint32),
+            sample=batch.sample.numpy().astype(np.uint16),
+            domain=dom,
+            reward=scores.reward.numpy().astype(np.float32),
+            correct=scores.correct.numpy().astype(np.uint8),
+            length=batch.lengths.numpy().astype(np.uint32),
+            flags=flags,
+            stage=np.full(n, self.roles.curriculum.stage, dtype=np.uint8),
+        )
+        timing["history"] += time.perf_counter() - t
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def evaluate(self, label: str) -> dict[str, float]:
+        """Greedy accuracy on the held-out sets, per domain and overall."""
+        if not self.eval_sets:
+            return {}
+        metrics: dict[str, float] = {}
+        correct = total = 0
+        for domain, prompts in self.eval_sets.items():
+            batch = self.roles.sampler.generate(prompts, 1, greedy=True)
+            scores = self.verify(batch)
+            acc = float(scores.correct.float().mean()) if len(prompts) else 0.0
+            metrics[f"accuracy/{domain}"] = acc
+            metrics[f"response_length/{domain}"] = float(batch.lengths.float().mean())
+            correct += int(scores.correct.sum())
+            total += len(prompts)
+        metrics["accuracy"] = correct / max(total, 1)
+        self.emit(ev.Evaluation(self.counters.step, label, metrics))
+        return metrics
+
+    # -- state ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        r = self.roles
+        return {
+            "counters": vars(self.counters).copy(),
+            "curriculum": r.curriculum.state_dict(),
+            "sampler": r.sampler.state_dict(),
+            "verifiers": {d: v.state_dict() for d, v in r.verifiers.items()},
+            "loggers": [lg.state_dict() for lg in r.loggers],
+            "first_eval": dict(self.first_eval),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        r = self.roles
+        self.counters = Counters(**state["counters"])
+        r.curriculum.load_state_dict(state["curriculum"])
+        r.sampler.load_state_dict(state["sampler"])
+        for d, v in r.verifiers.items():
+            v.load_state_dict(state["verifiers"].get(d, {}))
+        for lg, st in zip(r.loggers, state["loggers"], strict=False):
+            lg.load_state_dict(st)
+        self.first_eval = dict(state.get("first_eval", {}))
+
+
+class _Disabled(Logger):
+    """Stands in for a non-fatal logger after it failed once."""
+
+    def __init__(self, inner: Logger) -> None:
+        self.inner = inner
+
+    def on_event(self, event: ev.Event) -> None:
+        return None
