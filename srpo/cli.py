@@ -64,12 +64,17 @@ def cmd_plugins_list(args: argparse.Namespace) -> int:
     table = Table(show_edge=False)
     for col in ("role", "name", "distribution", "version", "status"):
         table.add_column(col)
-    broken = 0
+    broken = [info for info in registry.discover() if not info.ok]
     for info in registry.discover():
-        status = "ok" if info.ok else f"[red]error: {info.error}[/red]"
-        broken += not info.ok
+        status = "ok" if info.ok else "[red]BROKEN (see below)[/red]"
         table.add_row(info.role, info.name, info.distribution or "?", info.version or "?", status)
-    Console(highlight=False).print(table)
+    console = Console(highlight=False)
+    console.print(table)
+    for info in broken:  # full text, unwrapped: the reason is what the user needs
+        print(
+            f"broken {info.role} plugin {info.name!r} ({info.target}, from "
+            f"{info.distribution} {info.version}): {info.error}"
+        )
     return 0
 
 

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from task import make_splits, response_for, write_jsonl  # noqa: E402
+from task import make_splits, noisy_teacher, response_for, write_jsonl
 
 HERE = Path(__file__).resolve().parent
 EOS = "<|endoftext|>"
@@ -79,10 +79,18 @@ def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 24
         chunk = rows[i : i + 256]
         enc = tokenizer([r["prompt"] for r in chunk], return_tensors="pt", padding=True)
         out = model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.eos_token_id,
         )
-        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        correct += sum(t.strip().endswith(f"\\boxed{{{r['answer']}}}") for t, r in zip(texts, chunk))
+        texts = tokenizer.batch_decode(
+            out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        correct += sum(
+            t.strip().endswith(f"\\boxed{{{r['answer']}}}")
+            for t, r in zip(texts, chunk, strict=True)
+        )
     return correct / len(rows)
 
 
@@ -113,34 +121,51 @@ def warm_start(model, tokenizer, sft_rows, test_rows, steps: int, lr: float, see
             model.eval()
             acc = greedy_accuracy(model, tokenizer, test_rows[:200])
             model.train()
-            print(f"sft step {step + 1}: loss {loss.item():.3f} held-out acc {acc:.2%} "
-                  f"({time.time() - t0:.0f}s)", flush=True)
+            print(
+                f"sft step {step + 1}: loss {loss.item():.3f} held-out acc {acc:.2%} "
+                f"({time.time() - t0:.0f}s)",
+                flush=True,
+            )
     model.eval()
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sft-steps", type=int, default=600)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument(
+        "--p-drop-carry",
+        type=float,
+        default=0.6,
+        help="how often the warm start's teacher forgets carries",
+    )
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     splits = make_splits(args.seed, n_train=4000, n_test=500, n_sft=20000)
     for name in ("train", "test"):
         write_jsonl(splits[name], args.out / "data" / f"math_{name}.jsonl")
-    texts = [r["prompt"] + response_for(r["answer"]) for r in splits["sft"]]
+    teacher_rng = random.Random(args.seed + 1)
+    sft_rows = [noisy_teacher(r, teacher_rng, args.p_drop_carry) for r in splits["sft"]]
+    texts = [r["prompt"] + response_for(r["answer"]) for r in sft_rows]
     tokenizer = train_tokenizer(texts, vocab_size=300)
     model = make_model(len(tokenizer), tokenizer.eos_token_id)
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-          f"vocab {len(tokenizer)}")
-    warm_start(model, tokenizer, splits["sft"], splits["test"], args.sft_steps, args.lr, args.seed)
+    print(
+        f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"vocab {len(tokenizer)}"
+    )
+    warm_start(model, tokenizer, sft_rows, splits["test"], args.sft_steps, args.lr, args.seed)
     acc = greedy_accuracy(model, tokenizer, splits["test"])
     print(f"warm-started held-out greedy accuracy: {acc:.2%}")
     model_dir = args.out / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    (model_dir / "warm_start.json").write_text(json.dumps({"heldout_accuracy": acc, **vars(args)}, default=str, indent=1))
+    (model_dir / "warm_start.json").write_text(
+        json.dumps({"heldout_accuracy": acc, **vars(args)}, default=str, indent=1)
+    )
     return 0
 
 

@@ -29,6 +29,27 @@ def make_problem(rng: random.Random, max_digits: int = 4) -> dict:
     }
 
 
+def carry_free_sum(a: int, b: int) -> int:
+    """The classic student error: add column by column and drop every carry."""
+    out, place = 0, 1
+    while a or b:
+        out += ((a % 10 + b % 10) % 10) * place
+        a, b, place = a // 10, b // 10, place * 10
+    return out
+
+
+def noisy_teacher(row: dict, rng: random.Random, p_drop_carry: float) -> dict:
+    """A weak teacher's demonstration: with probability ``p_drop_carry`` it forgets carries.
+
+    The warm start imitates this teacher, so the policy can represent the right procedure
+    but under-weights it: RL with a verifier has something real to discover, as in R1-Zero.
+    """
+    a, b = (int(x) for x in row["prompt"].split("What is ")[1].rstrip("?\n").split("+"))
+    if rng.random() < p_drop_carry:
+        return {**row, "answer": str(carry_free_sum(a, b))}
+    return row
+
+
 def response_for(answer: str) -> str:
     """The warm start's target: a short scratchpad (the sum written least-significant digit
     first, the order in which carries are computed) and then the boxed answer."""

@@ -1,0 +1,348 @@
+"""Code verifier: run model-written programs against tests, in a sandbox it cannot fool.
+
+``Prompt.reference`` (a dict, or the same as a JSON string) takes exactly one of three forms:
+
+* assertion tests, any Python statements over the program's names::
+
+      {"fn_name": "f", "tests": ["assert f(2) == 4", "assert abs(f(0.5) - 0.25) < 1e-9"]}
+
+  ``fn_name`` is optional here (it only marks a name as the program's even if it collides
+  with a stdlib module name).
+* input/output pairs: ``fn_name(*inputs[k])`` must equal ``outputs[k]``; an input that is
+  not a list is a single argument; a method of class ``Solution`` is found too (LeetCode
+  style); tuples equal lists, floats compare with rel. tol. 1e-6, and ``[x]`` accepts ``x``
+  (APPS/TACO wrap outputs)::
+
+      {"fn_name": "f", "inputs": [[2], [3]], "outputs": [4, 9]}
+
+* stdin/stdout (LiveCodeBench/APPS/TACO style): the program runs as ``__main__`` once per
+  case; it passes when it exits 0 in time and its stdout equals ``output`` line by line
+  after stripping each line and leading/trailing blank lines::
+
+      {"stdin_tests": [{"input": "1 2\\n", "output": "3\\n"}]}
+
+Why it cannot be fooled: pass/fail is never read from the program's process. For function
+tests the sandbox only returns the *values* of the expressions that touch the program
+(see ``judge``); comparisons run on the trusted side with expected values the sandbox never
+sees. For stdin tests the trusted side compares the captured stdout. An early
+``exit(0)``, printed "PASSED", patched ``assert``/builtins/harness, or a killed parent
+therefore fail. Isolation layers are described in ``sandbox``.
+
+Reward: 1.0 when every test passes, else 0.0, or the pass fraction with
+``partial_credit``. Breakdown: ``accuracy`` (all passed), ``pass_rate``, ``no_code``,
+``timeout``. ``Score.error`` is set only for verifier-side problems (malformed reference,
+sandbox failure); why a program failed is in ``CodeVerifier.last_details``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field
+
+from srpo.api import PluginContext, PluginOptions, Verifier
+from srpo.types import Prompt, Score
+
+from .extract import extract_code
+from .judge import (
+    HoleResult,
+    ReferenceError_,
+    Spec,
+    decode_result,
+    hole_request,
+    io_passes,
+    io_request,
+    normalize_output,
+    parse_reference,
+    request_key,
+    run_assert_test,
+)
+from .sandbox import Backend, Job, Limits, make_backend
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CodeVerifier", "SandboxFailure"]
+
+
+class SandboxFailure(RuntimeError):
+    """The sandbox itself could not run (not the program's fault)."""
+
+
+@dataclass
+class Outcome:
+    passed: list[bool]
+    reasons: list[str | None] = field(default_factory=list)
+    timeout: bool = False
+
+
+class CodeVerifier(Verifier):
+    """Sandboxed test-based reward for code; see the module docstring for the schema."""
+
+    class Options(PluginOptions):
+        backend: Literal["auto", "bwrap", "rlimit", "remote"] = Field(
+            "auto", description="auto: bwrap if usable, else rlimit (with a loud warning)"
+        )
+        remote_url: str | None = Field(None, description="SandboxFusion base URL (remote)")
+        extract: Literal["fenced", "fenced_or_bare", "bare"] = "fenced"
+        partial_credit: bool = Field(False, description="reward = fraction of tests passed")
+        test_timeout_s: float = Field(
+            4.0, gt=0, description="per function call / per stdin case / program import"
+        )
+        total_timeout_s: float = Field(30.0, gt=0, description="wall budget per sample")
+        startup_timeout_s: float = Field(10.0, gt=0, description="sandbox start-up budget")
+        memory_mb: int = Field(1024, ge=64, description="RLIMIT_AS per process")
+        max_processes: int = Field(16, ge=1, description="RLIMIT_NPROC (per sandbox uid)")
+        file_size_mb: int = Field(16, ge=1)
+        open_files: int = Field(64, ge=16)
+        tmpfs_mb: int = Field(64, ge=1, description="size of the sandbox's /sandbox and /tmp")
+        max_output_kb: int = Field(1024, ge=1, description="stdout/stderr cap; more fails")
+        max_workers: int | None = Field(None, ge=1, description="concurrent sandboxes")
+        python: str | None = Field(None, description="interpreter in the sandbox")
+        site_packages: bool = Field(
+            True, description="programs may import installed packages (False: -S, faster)"
+        )
+        uid_base: int = Field(1_500_000_000, ge=1000, description="first sandbox uid (root)")
+        max_rounds: int = Field(4, ge=1, description="rounds for holes needing test values")
+        max_code_chars: int = Field(200_000, ge=1)
+        fail_fast: bool = Field(False, description="raise on verifier errors instead")
+
+    options: Options
+
+    def __init__(self, options: Options, context: PluginContext) -> None:
+        super().__init__(options, context)
+        o = options
+        self.workers = o.max_workers or context.num_workers or os.cpu_count() or 1
+        self.limits = Limits(
+            cpu_s=max(1, int(o.total_timeout_s) + 1),
+            memory_bytes=o.memory_mb << 20,
+            file_size_bytes=o.file_size_mb << 20,
+            open_files=o.open_files,
+            processes=o.max_processes,
+            output_bytes=o.max_output_kb << 10,
+            tmpfs_bytes=o.tmpfs_mb << 20,
+        )
+        python = o.python or sys.executable
+        self.backend: Backend
+        if o.backend == "remote":
+            from .remote import RemoteBackend
+
+            if not o.remote_url:
+                raise ValueError("backend 'remote' needs remote_url")
+            self.backend = RemoteBackend(o.remote_url, self.limits)
+        else:
+            self.backend = make_backend(
+                o.backend, self.limits, python, self.workers, o.uid_base, o.site_packages
+            )
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="codev")
+        self._specs: dict[str, Spec] = {}
+        self.last_details: list[Outcome | None] = []
+
+    # ----------------------------------------------------------------- public
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[Score]:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        futures = [
+            self._pool.submit(self._score_one, p, r)
+            for p, r in zip(prompts, responses, strict=True)
+        ]
+        scores, details = [], []
+        for fut in futures:
+            try:
+                s, d = fut.result()
+            except Exception as e:
+                if self.options.fail_fast:
+                    raise
+                log.exception("code verifier error")
+                s, d = self._zero(error=f"verifier error: {type(e).__name__}: {e}"[:500]), None
+            scores.append(s)
+            details.append(d)
+        self.last_details = details
+        return scores
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.backend.close()
+
+    # ----------------------------------------------------------------- internals
+    def _zero(self, error: str | None = None, no_code: bool = False) -> Score:
+        bd = {"accuracy": 0.0, "pass_rate": 0.0, "no_code": float(no_code), "timeout": 0.0}
+        return Score(0.0, False, bd, error)
+
+    def _spec(self, prompt: Prompt) -> Spec:
+        key = repr(prompt.reference)
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = parse_reference(prompt.reference)
+            if len(self._specs) > 10_000:
+                self._specs.clear()
+            self._specs[key] = spec
+        return spec
+
+    def _score_one(self, prompt: Prompt, response: str) -> tuple[Score, Outcome | None]:
+        try:
+            spec = self._spec(prompt)
+        except ReferenceError_ as e:
+            if self.options.fail_fast:
+                raise
+            return self._zero(error=f"bad reference: {e}"), None
+        code = extract_code(response, self.options.extract)
+        if code is None:
+            return self._zero(no_code=True), None
+        if len(code) > self.options.max_code_chars or spec.num_tests == 0:
+            why = "program too long" if spec.num_tests else "no tests"
+            return self._zero(), Outcome([], [why])
+        deadline = time.monotonic() + self.options.total_timeout_s
+        if spec.kind == "stdin":
+            out = self._run_stdin(spec, code, deadline)
+        else:
+            out = self._run_calls(spec, code, deadline)
+        n = len(out.passed)
+        rate = sum(out.passed) / n if n else 0.0
+        allok = n > 0 and all(out.passed)
+        reward = 1.0 if allok else (rate if self.options.partial_credit else 0.0)
+        bd = {"accuracy": float(allok), "pass_rate": rate, "no_code": 0.0}
+        bd["timeout"] = float(out.timeout)
+        return Score(reward, allok, bd), out
+
+    def _job(self, mode: str, code: str, deadline: float, **kw: Any) -> Job:
+        o = self.options
+        return Job(
+            mode,
+            code,
+            startup_timeout_s=o.startup_timeout_s,
+            step_timeout_s=o.test_timeout_s,
+            deadline=deadline,
+            **kw,
+        )
+
+    def _run_stdin(self, spec: Spec, code: str, deadline: float) -> Outcome:
+        out = Outcome([])
+        for k, (inp, want) in enumerate(spec.stdin_tests):
+            if time.monotonic() >= deadline:
+                out.passed.append(False)
+                out.reasons.append("total time limit exceeded")
+                out.timeout = True
+                continue
+            res = self.backend.run(self._job("stdin", code, deadline, stdin=inp.encode()))
+            if not res.started and not res.timed_out:
+                raise SandboxFailure(res.error or res.stderr.decode(errors="replace")[-500:])
+            ok, why = False, None
+            if res.timed_out:
+                why, out.timeout = "time limit exceeded", True
+            elif res.output_exceeded:
+                why = "output limit exceeded"
+            elif res.returncode != 0:
+                why = f"exit status {res.returncode}: {res.stderr.decode(errors='replace')[-300:]}"
+            elif normalize_output(res.stdout.decode(errors="replace")) != normalize_output(want):
+                why = f"wrong output on case {k}"
+            else:
+                ok = True
+            out.passed.append(ok)
+            out.reasons.append(why)
+            if not ok and not self.options.partial_credit:  # the verdict is already 0
+                rest = len(spec.stdin_tests) - k - 1
+                out.passed += [False] * rest
+                out.reasons += ["skipped"] * rest
+                break
+        return out
+
+    def _execute(
+        self,
+        code: str,
+        reqs: list[dict[str, Any]],
+        results: dict[str, HoleResult],
+        deadline: float,
+        out: Outcome,
+    ) -> str | None:
+        """Evaluate ``reqs`` in as many sandboxes as crashes need; None or an init error."""
+        todo = list(reqs)
+        while todo:
+            if time.monotonic() >= deadline:
+                break
+            res = self.backend.run(self._job("calls", code, deadline, requests=todo))
+            init = next((f for f in res.frames if "init" in f), None)
+            if init is None:
+                if not res.started and not res.timed_out:
+                    raise SandboxFailure(res.error or res.stderr.decode(errors="replace")[-500:])
+                why = "time limit exceeded at import" if res.timed_out else "died at import"
+                out.timeout |= res.timed_out
+                return why
+            if init.get("init") is not True:
+                return f"program failed at import: {init.get('error')}"[:500]
+            got: dict[int, HoleResult] = {}
+            for f in res.frames:
+                i = f.get("i")
+                if isinstance(i, int) and 0 <= i < len(todo) and i not in got:
+                    got[i] = decode_result(f)
+            k = 0
+            while k in got:
+                results[request_key(todo[k])] = got[k]
+                k += 1
+            if k == len(todo):
+                return None
+            if res.timed_out:
+                why, etype = "time limit exceeded", "Timeout"
+                out.timeout = True
+            elif res.output_exceeded:
+                why, etype = "output limit exceeded", "OutputLimit"
+            else:
+                why, etype = f"process died (status {res.returncode})", "Crash"
+            results[request_key(todo[k])] = HoleResult(False, etype=etype, error=why)
+            todo = todo[k + 1 :]
+        for r in todo:
+            results[request_key(r)] = HoleResult(False, etype="Timeout", error="total time")
+            out.timeout = True
+        return None
+
+    def _run_calls(self, spec: Spec, code: str, deadline: float) -> Outcome:
+        out = Outcome([])
+        results: dict[str, HoleResult] = {}
+        if spec.kind == "io":
+            assert spec.fn_name is not None
+            reqs = [io_request(spec.fn_name, args) for args in spec.inputs]
+            init_err = self._execute(code, reqs, results, deadline, out)
+            for req, want in zip(reqs, spec.outputs, strict=True):
+                r = results.get(request_key(req))
+                if init_err is not None:
+                    out.passed.append(False)
+                    out.reasons.append(init_err)
+                elif r is None or not r.ok:
+                    out.passed.append(False)
+                    out.reasons.append(f"{r.etype}: {r.error}" if r else "not run")
+                else:
+                    ok = io_passes(r.value, want)
+                    out.passed.append(ok)
+                    out.reasons.append(None if ok else "wrong answer")
+            return out
+        # assertion tests: static holes first, then rounds for holes needing test values
+        first = {}
+        for t in spec.tests:
+            for src in t.static:
+                req = hole_request(src, {})
+                first[request_key(req)] = req
+        verdicts: list[tuple[bool | None, str | None]] = [(None, None)] * len(spec.tests)
+        reqs = list(first.values())
+        init_err = None
+        for _ in range(self.options.max_rounds):
+            if reqs:
+                init_err = self._execute(code, reqs, results, deadline, out)
+                if init_err is not None:
+                    break
+            pending: dict[str, dict[str, Any]] = {}
+            for i, t in enumerate(spec.tests):
+                if verdicts[i][0] is None:
+                    verdicts[i] = run_assert_test(t, results, pending)
+            reqs = [r for k, r in pending.items() if k not in results]
+            if not reqs:
+                break
+        for passed, why in verdicts:
+            out.passed.append(bool(passed))
+            out.reasons.append(init_err or why or (None if passed else "unresolved"))
+        return out

@@ -1,0 +1,87 @@
+"""Build script: packages come from pyproject.toml; this file only adds the compiled extension.
+
+``srpo._C`` (csrc/) is built with torch.utils.cpp_extension + ninja at
+``pip install --no-build-isolation -e .``: a CUDAExtension when torch has CUDA and nvcc exists
+(CUDA_HOME), else a CppExtension. Knobs (environment):
+
+  SRPO_BUILD_EXT=0       build no extension (srpo.ops then JIT-compiles or uses the reference)
+  SRPO_CUDA=0            CPU-only extension even where CUDA is available
+  SRPO_REQUIRE_EXT=1     a failed extension build fails the install (CI); by default it warns
+                         and installs the pure-Python package, which falls back at run time
+  TORCH_CUDA_ARCH_LIST   CUDA architectures (torch's default: those of the visible GPUs)
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _packages() -> list[str]:
+    """`srpo` from srpo/, and the first-party plugins from plugins/ as `srpo_plugins`."""
+    core = [p for p in find_packages(include=["srpo", "srpo.*"])]
+    plugins = ["srpo_plugins"] + [f"srpo_plugins.{p}" for p in find_packages("plugins")]
+    return core + plugins
+
+
+def _flag(name: str, default: str) -> bool:
+    return os.environ.get(name, default).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _extensions() -> tuple[list, dict]:
+    if not _flag("SRPO_BUILD_EXT", "1") or not (ROOT / "csrc" / "bindings.cpp").exists():
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    except ImportError:
+        print("srpo: torch not importable at build time; skipping srpo._C", file=sys.stderr)
+        return [], {}
+
+    sources = ["csrc/bindings.cpp", "csrc/grpo_cpu.cpp"]
+    # -fopenmp: at::parallel_for's inline OpenMP region must be compiled in (it resolves to the
+    # libgomp.so.1 torch already loaded, so there is one OpenMP runtime).
+    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    link = ["-fopenmp"]
+    nvcc_ok = bool(CUDA_HOME) and (Path(CUDA_HOME) / "bin" / "nvcc").exists()
+    if torch.version.cuda and nvcc_ok and _flag("SRPO_CUDA", "1"):
+        ext = CUDAExtension(
+            "srpo._C",
+            [*sources, "csrc/grpo_cuda.cu"],
+            include_dirs=[str(ROOT / "csrc")],
+            define_macros=[("SRPO_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
+            extra_link_args=link,
+        )
+    else:
+        ext = CppExtension(
+            "srpo._C",
+            sources,
+            include_dirs=[str(ROOT / "csrc")],
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
+        )
+
+    class _BuildExt(BuildExtension):
+        """Optional extension: a failed build warns (run time falls back) unless required."""
+
+        def run(self) -> None:
+            try:
+                super().run()
+            except Exception as exc:
+                if _flag("SRPO_REQUIRE_EXT", "0"):
+                    raise
+                print(
+                    f"WARNING: srpo._C failed to build ({exc}); srpo.ops will JIT-compile "
+                    "or fall back to the torch reference. Set SRPO_REQUIRE_EXT=1 to fail.",
+                    file=sys.stderr,
+                )
+
+    return [ext], {"build_ext": _BuildExt.with_options(use_ninja=True)}
+
+
+_ext_modules, _cmdclass = _extensions()
+setup(packages=_packages(), ext_modules=_ext_modules, cmdclass=_cmdclass)

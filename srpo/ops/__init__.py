@@ -1,0 +1,142 @@
+"""Python face of the compiled GRPO loss (csrc/): one fused op, forward + backward.
+
+``grpo_loss`` has the signature and the numbers of ``srpo.algo.grpo_loss_reference`` but runs
+as one pass over [N, T]: the per-sequence advantage is computed in the op (segmented mean/std
+over groups) and broadcast in registers, the gradient is written in the same pass, and the
+stats come back as tensors (no host sync, except the optional finiteness check).
+
+Backends: ``"auto"`` (compiled when it loaded and supports the device, else the reference with
+one warning), ``"compiled"`` (error if unavailable), ``"reference"`` (the torch oracle).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from srpo.algo.grpo import (
+    AGGREGATIONS,
+    STAT_NAMES,
+    LossConfig,
+    LossOutput,
+    grpo_loss_reference,
+    validate_inputs,
+)
+from srpo.ops import _loader
+
+__all__ = ["LossConfig", "LossOutput", "active_backend", "backend_info", "grpo_loss"]
+
+_BACKENDS = ("auto", "compiled", "reference")
+_KL = {"k1": 1, "k2": 2, "k3": 3}
+_BAD_NAMES = ("rewards", "logp", "old_logp", "ref_logp")  # stats[9:13], see csrc/grpo.h
+
+
+def _compiled_supports(device: torch.device) -> bool:
+    if device.type == "cpu":
+        return True
+    return device.type == "cuda" and _loader.state().cuda_kernels
+
+
+def active_backend() -> str:
+    """``compiled-cpu``/``compiled-cuda`` (prebuilt), ``jit-cpu``/``jit-cuda``, or ``reference``."""
+    ns = _loader.ensure_loaded()
+    if ns is None:
+        return "reference"
+    st = _loader.state()
+    prefix = "compiled" if st.source == "prebuilt" else "jit"
+    device = "cuda" if st.cuda_kernels and torch.cuda.is_available() else "cpu"
+    return f"{prefix}-{device}"
+
+
+def backend_info() -> dict[str, Any]:
+    """What ``srpo doctor`` prints: which backend, from where, and why not if it failed."""
+    backend = active_backend()
+    st = _loader.state()
+    return {
+        "backend": backend,
+        "source": st.source,
+        "library": st.path,
+        "abi_version": _loader.ABI_VERSION,
+        "cuda_kernels": st.cuda_kernels,
+        "cuda_available": torch.cuda.is_available(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cpu_threads": torch.get_num_threads(),
+        "errors": list(st.errors),
+    }
+
+
+def _raise_if_nonfinite(stats_vec: torch.Tensor) -> None:
+    """One host read of 4 counters (skipped under torch.compile tracing)."""
+    bad = stats_vec[len(STAT_NAMES) : len(STAT_NAMES) + 4].tolist()
+    problems = [f"{name} ({int(c)})" for name, c in zip(_BAD_NAMES, bad, strict=True) if c]
+    if problems:
+        raise ValueError(
+            "grpo_loss: non-finite values (NaN/inf) in "
+            + ", ".join(problems)
+            + " at mask != 0 (rewards: anywhere); masked-out positions are ignored"
+        )
+
+
+def grpo_loss(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    mask: torch.Tensor,
+    ref_logp: torch.Tensor | None = None,
+    cfg: LossConfig = LossConfig(),  # noqa: B008 (frozen dataclass: immutable default)
+    backend: str = "auto",
+) -> LossOutput:
+    """GRPO-family loss; same math and stats as ``srpo.algo.grpo_loss_reference``.
+
+    The loss is float32 for float32/bfloat16 ``logp`` (float32 accumulation) and float64 for
+    float64 ``logp``; the gradient w.r.t. ``logp`` has ``logp``'s dtype.
+    """
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    validate_inputs(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg)
+    if backend == "reference":
+        return grpo_loss_reference(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg)
+    ns = _loader.ensure_loaded()
+    if ns is None or not _compiled_supports(logp.device):
+        why = (
+            "; ".join(_loader.state().errors)
+            if ns is None
+            else f"no compiled kernels for {logp.device.type}"
+        )
+        if backend == "compiled":
+            raise RuntimeError(f"srpo.ops: compiled GRPO op unavailable: {why}")
+        if ns is not None:
+            _loader.warn_once(
+                f"device-{logp.device.type}",
+                f"srpo.ops: {why}; using the torch reference for {logp.device.type} tensors",
+            )
+        return grpo_loss_reference(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg)
+
+    need_grad = bool(logp.requires_grad and torch.is_grad_enabled())
+    op = getattr(torch.ops, ns).grpo_fwd
+    loss, stats_vec, _grad, _adv = op(
+        rewards.detach(),
+        group_ids,
+        logp,
+        old_logp.detach(),
+        mask,
+        None if ref_logp is None else ref_logp.detach(),
+        float(cfg.clip_low),
+        float(cfg.clip_high),
+        float(cfg.dual_clip) if cfg.dual_clip is not None else 0.0,
+        float(cfg.kl_coef),
+        _KL[cfg.kl_estimator],
+        AGGREGATIONS.index(cfg.aggregation),
+        float(cfg.norm_constant) if cfg.norm_constant is not None else 0.0,
+        bool(cfg.std_normalize),
+        float(cfg.eps),
+        float(cfg.zero_var_tol),
+        need_grad,
+    )
+    if cfg.check_finite and not torch.compiler.is_compiling():
+        _raise_if_nonfinite(stats_vec)
+    stats = {name: stats_vec[k] for k, name in enumerate(STAT_NAMES)}
+    return LossOutput(loss, stats)
