@@ -1,0 +1,45 @@
+"""DAPO length handling: overlong filter mask and soft overlong penalty, hand-computed."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+import torch
+
+from srpo.algo.dapo import OverlongOptions, overlong_filter_mask, soft_overlong_penalty
+
+
+def test_overlong_filter_masks_truncated_rows_and_keeps_dtype():
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    truncated = torch.tensor([False, True, False])
+    out = overlong_filter_mask(mask, truncated)
+    assert out.dtype == torch.bool
+    assert out.tolist() == [[True, True, False], [False, False, False], [True, False, False]]
+    w = overlong_filter_mask(mask.float() * 0.5, truncated)
+    assert w.dtype == torch.float32 and w.tolist() == [[0.5, 0.5, 0], [0, 0, 0], [0.5, 0, 0]]
+    assert mask.tolist()[1] == [True, True, True]  # input untouched
+    with pytest.raises(ValueError, match=r"\[N, T\]"):
+        overlong_filter_mask(mask, truncated[:2])
+
+
+def test_soft_overlong_penalty_by_hand():
+    # L_max = 20, L_cache = 4: free up to 16, then -1/4 per token, -1 at 20 and beyond
+    lengths = torch.tensor([0, 10, 16, 17, 18, 19, 20, 21, 500])
+    got = soft_overlong_penalty(lengths, max_len=20, cache_len=4)
+    want = [0.0, 0.0, 0.0, -0.25, -0.5, -0.75, -1.0, -1.0, -1.0]
+    assert got.dtype == torch.float32
+    assert got.tolist() == want
+    half = soft_overlong_penalty(lengths, 20, 4, penalty=0.5)
+    assert half.tolist() == [v * 0.5 for v in want]
+    # no buffer: a step from 0 to -1 past L_max
+    assert soft_overlong_penalty(torch.tensor([19, 20, 21]), 20, 0).tolist() == [0, 0, -1]
+    # the whole range is the buffer
+    assert soft_overlong_penalty(torch.tensor([0, 5, 10]), 10, 10).tolist() == [0, -0.5, -1]
+    with pytest.raises(ValueError):
+        soft_overlong_penalty(lengths, 20, 21)
+
+
+def test_overlong_options():
+    assert OverlongOptions().filter is False and OverlongOptions().max_len is None
+    with pytest.raises(pydantic.ValidationError, match="cache_len"):
+        OverlongOptions(max_len=8, cache_len=9)
