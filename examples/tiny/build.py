@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from task import make_splits, noisy_teacher, response_for, write_jsonl
+from task import make_splits, response_for, write_jsonl
 
 HERE = Path(__file__).resolve().parent
 EOS = "<|endoftext|>"
@@ -61,18 +61,29 @@ def make_model(vocab_size: int, eos_id: int) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(config)
 
 
-def encode_sft(tokenizer, rows: list[dict]) -> list[tuple[list[int], int]]:
-    """(prompt + response + EOS token ids, prompt length) per row."""
+def teacher_demos(rows: list[dict], p_drop_carry: float, seed: int) -> list[tuple[str, str]]:
+    """A weak teacher's (prompt, response) demonstrations: with probability ``p_drop_carry``
+    it forgets every carry. The warm start imitates it, so the policy can represent the
+    right procedure but under-weights it: RL with a verifier has something real to find,
+    as in R1-Zero (RL elicits what pre-training put there)."""
+    rng = random.Random(seed)
+    return [
+        (r["prompt"], response_for(r["prompt"], carry=rng.random() >= p_drop_carry)) for r in rows
+    ]
+
+
+def encode_sft(tokenizer, demos: list[tuple[str, str]]) -> list[tuple[list[int], int]]:
+    """(prompt + response + EOS token ids, prompt length) per demonstration."""
     out = []
-    for row in rows:
-        p = tokenizer(row["prompt"])["input_ids"]
-        r = tokenizer(response_for(row["answer"]))["input_ids"] + [tokenizer.eos_token_id]
+    for prompt, response in demos:
+        p = tokenizer(prompt)["input_ids"]
+        r = tokenizer(response)["input_ids"] + [tokenizer.eos_token_id]
         out.append((p + r, len(p)))
     return out
 
 
 @torch.no_grad()
-def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 24) -> float:
+def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 32) -> float:
     tokenizer.padding_side = "left"
     correct = 0
     for i in range(0, len(rows), 256):
@@ -94,8 +105,8 @@ def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 24
     return correct / len(rows)
 
 
-def warm_start(model, tokenizer, sft_rows, test_rows, steps: int, lr: float, seed: int) -> None:
-    data = encode_sft(tokenizer, sft_rows)
+def warm_start(model, tokenizer, demos, test_rows, steps: int, lr: float, seed: int) -> None:
+    data = encode_sft(tokenizer, demos)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50))
@@ -135,12 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sft-steps", type=int, default=600)
+    ap.add_argument("--sft-steps", type=int, default=1000)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument(
         "--p-drop-carry",
         type=float,
-        default=0.6,
+        default=0.5,
         help="how often the warm start's teacher forgets carries",
     )
     args = ap.parse_args(argv)
@@ -148,23 +159,25 @@ def main(argv: list[str] | None = None) -> int:
     splits = make_splits(args.seed, n_train=4000, n_test=500, n_sft=20000)
     for name in ("train", "test"):
         write_jsonl(splits[name], args.out / "data" / f"math_{name}.jsonl")
-    teacher_rng = random.Random(args.seed + 1)
-    sft_rows = [noisy_teacher(r, teacher_rng, args.p_drop_carry) for r in splits["sft"]]
-    texts = [r["prompt"] + response_for(r["answer"]) for r in sft_rows]
+    demos = teacher_demos(splits["sft"], args.p_drop_carry, args.seed + 1)
+    texts = [p + r for p, r in demos]
     tokenizer = train_tokenizer(texts, vocab_size=300)
     model = make_model(len(tokenizer), tokenizer.eos_token_id)
     print(
         f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
         f"vocab {len(tokenizer)}"
     )
-    warm_start(model, tokenizer, sft_rows, splits["test"], args.sft_steps, args.lr, args.seed)
+    warm_start(model, tokenizer, demos, splits["test"], args.sft_steps, args.lr, args.seed)
     acc = greedy_accuracy(model, tokenizer, splits["test"])
     print(f"warm-started held-out greedy accuracy: {acc:.2%}")
     model_dir = args.out / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     (model_dir / "warm_start.json").write_text(
-        json.dumps({"heldout_accuracy": acc, **vars(args)}, default=str, indent=1)
+        json.dumps(
+            {"heldout_accuracy": acc, **{k: v for k, v in vars(args).items() if k != "out"}},
+            indent=1,
+        )
     )
     return 0
 

@@ -29,31 +29,32 @@ def make_problem(rng: random.Random, max_digits: int = 4) -> dict:
     }
 
 
-def carry_free_sum(a: int, b: int) -> int:
-    """The classic student error: add column by column and drop every carry."""
-    out, place = 0, 1
-    while a or b:
-        out += ((a % 10 + b % 10) % 10) * place
+def operands(prompt: str) -> tuple[int, int]:
+    a, b = prompt.split("What is ")[1].rstrip("?\n").split("+")
+    return int(a), int(b)
+
+
+def column_sum(a: int, b: int, carry: bool = True) -> int:
+    """Column-by-column addition; ``carry=False`` is the classic student error of dropping
+    every carry."""
+    out, place, c = 0, 1, 0
+    while a or b or c:
+        s = a % 10 + b % 10 + c
+        out += (s % 10) * place
+        c = s // 10 if carry else 0
         a, b, place = a // 10, b // 10, place * 10
     return out
 
 
-def noisy_teacher(row: dict, rng: random.Random, p_drop_carry: float) -> dict:
-    """A weak teacher's demonstration: with probability ``p_drop_carry`` it forgets carries.
-
-    The warm start imitates this teacher, so the policy can represent the right procedure
-    but under-weights it: RL with a verifier has something real to discover, as in R1-Zero.
-    """
-    a, b = (int(x) for x in row["prompt"].split("What is ")[1].rstrip("?\n").split("+"))
-    if rng.random() < p_drop_carry:
-        return {**row, "answer": str(carry_free_sum(a, b))}
-    return row
-
-
-def response_for(answer: str) -> str:
-    """The warm start's target: a short scratchpad (the sum written least-significant digit
-    first, the order in which carries are computed) and then the boxed answer."""
-    return f"{answer[::-1]} \\boxed{{{answer}}}"
+def response_for(prompt: str, carry: bool = True) -> str:
+    """The warm start's target: a scratchpad that writes both operands and then the sum
+    least-significant digit first (zero-padded to one width, so columns line up and each
+    digit depends only on its column and the carry), then the boxed answer."""
+    a, b = operands(prompt)
+    total = column_sum(a, b, carry)
+    width = max(len(str(a)), len(str(b)))
+    ra, rb = str(a).zfill(width)[::-1], str(b).zfill(width)[::-1]
+    return f"{ra}+{rb}={str(total)[::-1]} \\boxed{{{total}}}"
 
 
 def make_splits(seed: int, n_train: int, n_test: int, n_sft: int) -> dict[str, list[dict]]:

@@ -75,7 +75,7 @@ class ConsoleLogger(Logger):
                 for k, v in event.metrics.items()
                 if k.startswith("accuracy/")
             )
-            line = (
+            line = escape(
                 f"eval ({event.label}, step {event.step}): held-out accuracy "
                 f"{event.metrics.get('accuracy', 0):.1%}  [{accs}]"
             )
