@@ -75,7 +75,7 @@ def test_broken_plugins_are_reported_not_raised(broken_plugins):
     assert infos[("verifier", "broken")].distribution == "broken_srpo_plugins"
     # the good ones still load
     assert registry.get("verifier", "math").__name__ == "MathVerifier"
-    with pytest.raises(PluginError, match="verifier plugin 'broken'.*is broken: import failed"):
+    with pytest.raises(PluginError, match=r"verifier plugin 'broken'.*is broken: import failed"):
         registry.get("verifier", "broken")
 
 

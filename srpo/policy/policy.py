@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from srpo.config import AlgorithmSection, PolicySection
 from srpo.errors import SrpoError
@@ -30,6 +31,7 @@ def load_model_dir(path: Path, dtype: str = "float32") -> tuple[Any, PreTrainedT
         raise SrpoError(f"{path}: model directory not found")
     if not (path / "config.json").exists():
         raise SrpoError(f"{path}: not a transformers model directory (no config.json)")
+    hf_logging.disable_progress_bar()  # srpo draws its own progress; keep the console clean
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])

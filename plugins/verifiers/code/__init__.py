@@ -148,12 +148,18 @@ class CodeVerifier(Verifier):
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[Score]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        futures = [
-            self._pool.submit(self._score_one, p, r)
-            for p, r in zip(prompts, responses, strict=True)
-        ]
+        # A group's rollouts often repeat a program verbatim; a verdict depends only on the
+        # program and its prompt's tests, so each distinct pair runs once and is fanned out.
+        first: dict[tuple[int, str | None], int] = {}
+        slot = []
+        for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+            key = (p.id, extract_code(r, self.options.extract))
+            slot.append(first.setdefault(key, i))
+        futures = {
+            i: self._pool.submit(self._score_one, prompts[i], responses[i]) for i in set(slot)
+        }
         scores, details = [], []
-        for fut in futures:
+        for fut in (futures[j] for j in slot):
             try:
                 s, d = fut.result()
             except Exception as e:
