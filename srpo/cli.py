@@ -3,6 +3,7 @@
 Examples:
   srpo run examples/tiny/plugins.yaml                   # train the shipped tiny example
   srpo run plugins.yaml --set algorithm.group_size=16   # override any key
+  srpo run plugins.yaml --resume                        # continue from the newest checkpoint
   srpo validate plugins.yaml                            # check a run file, run nothing
   srpo plugins list                                     # every plugin, with load errors
 """
@@ -37,21 +38,43 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Train; exit 0 when complete, 130/143 after SIGINT/SIGTERM (checkpointed), 1 when a
+    plugin failed at run time (checkpointed when possible), 2 for bad input."""
     from srpo.config import load_config
+    from srpo.errors import PluginError
     from srpo.kernel.build import build, close_roles
     from srpo.kernel.history_hook import open_history
+    from srpo.kernel.signals import GracefulStop
 
     loaded = load_config(args.run_file, args.set or ())
-    kernel = build(loaded, overwrite=args.overwrite, history_factory=open_history)
+    kernel = build(
+        loaded,
+        overwrite=args.overwrite,
+        history_factory=open_history,
+        resume=args.resume,
+        allow_config_change=args.allow_config_change or (),
+    )
+    stop = GracefulStop(kernel)
     try:
-        status = kernel.run()
-    except KeyboardInterrupt:
+        with stop:
+            status = kernel.run()
+    except PluginError as e:
+        return _fail(str(e), 1)
+    except KeyboardInterrupt:  # only without our handler (not the main thread)
         print("srpo: interrupted", file=sys.stderr)
         return 130
     finally:
         close_roles(kernel)
         if kernel.history is not None:
             kernel.history.close()
+    if stop.exit_code is not None:
+        where = kernel.checkpoints.last_step if kernel.checkpoints is not None else None
+        saved = f"checkpoint of step {where} saved; " if where is not None else ""
+        print(
+            f"srpo: stopped by {stop.target.stop_requested}: {saved}continue with --resume",
+            file=sys.stderr,
+        )
+        return stop.exit_code
     return 0 if status == "completed" else 1
 
 
@@ -119,6 +142,21 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--overwrite", action="store_true", help="replace an existing run in run.output_dir"
     )
+    run.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        metavar="PATH",
+        help="continue the run in run.output_dir from its newest complete checkpoint, or from "
+        "PATH (a checkpoint directory, e.g. RUN/checkpoints/step-000012)",
+    )
+    run.add_argument(
+        "--allow-config-change",
+        action="append",
+        metavar="KEY.PATH",
+        help="with --resume: accept that this run-file key (or section) changed since the "
+        "checkpoint (repeatable), e.g. --allow-config-change run.max_steps",
+    )
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser(
@@ -146,6 +184,12 @@ def make_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_history_commands(sub)
+    try:
+        from srpo.report.cli import add_report_command
+    except ImportError:  # the report needs optional pieces; srpo trains without it
+        pass
+    else:
+        add_report_command(sub)
     return parser
 
 

@@ -50,6 +50,21 @@ class JsonlLogger(Logger):
                 {"kind": "end", "step": event.step, "status": event.status, **event.summary}
             )
 
+    def state_dict(self) -> dict[str, Any]:
+        """The file's length: a resume cuts what was written after the checkpoint, so the
+        file never holds a step twice."""
+        path = self.context.run_dir / self.options.filename
+        if self.file is not None:
+            self.file.flush()
+        return {"size": path.stat().st_size if path.exists() else 0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        path = self.context.run_dir / self.options.filename
+        size = state.get("size")
+        if size is not None and path.exists() and path.stat().st_size > size:
+            with path.open("r+b") as f:
+                f.truncate(size)
+
     def close(self) -> None:
         if self.file is not None:
             self.file.close()

@@ -24,6 +24,15 @@ from srpo.api import Plugin, PluginContext
 from srpo.config import LoadedConfig, PluginSpec, format_validation_error, resolve_path
 from srpo.data import load_jsonl
 from srpo.errors import PluginError, SrpoError
+from srpo.kernel.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    check_config,
+    load_state,
+    load_weights,
+    resolve_resume,
+    set_rng_state,
+)
 from srpo.kernel.loop import Kernel, KernelSettings, Roles
 from srpo.types import Prompt
 
@@ -122,8 +131,59 @@ def _construct(kind: str, cls: type[Plugin], options: Any, ctx: PluginContext) -
         ) from None
 
 
-def build(loaded: LoadedConfig, *, overwrite: bool = False, history_factory: Any = None) -> Kernel:
-    """Validate everything, then create the run directory and the Kernel."""
+def _prepare_resume(
+    run_dir: Path, target: str, new_config: dict[str, Any], allow: Sequence[str]
+) -> tuple[Path, dict[str, Any]]:
+    """Find and read the checkpoint to resume from and check the run file still fits it.
+
+    Reads only: a refused resume leaves the run directory exactly as it was.
+    """
+    if not (run_dir / RUN_MARKER).exists():
+        raise CheckpointError(
+            f"{run_dir}: nothing to resume: run.output_dir holds no srpo run "
+            "(drop --resume to start one)"
+        )
+    path = resolve_resume(target, run_dir)
+    state = load_state(path)
+    changes = check_config(state["config"], new_config, allow, path)
+    for key, old, new in changes:
+        print(f"srpo: run file change accepted: {key}: {old!r} → {new!r}")
+    return path, state
+
+
+def _rewind_history(history: Any, saved: dict[str, Any] | None, where: Path) -> int:
+    """Cut the store back to the checkpoint's committed position; refuse if it lost records."""
+    if history is None or saved is None:
+        return 0
+    have_step, have = history.committed_step, history.committed_records
+    want_step, want = saved["committed_step"], saved["records"]
+    if want_step is not None and (have_step is None or have_step < want_step or have < want):
+        raise CheckpointError(
+            f"{where}: the history store holds less than this checkpoint committed "
+            f"(step {have_step}, {have} records; expected step {want_step}, {want} records)"
+        )
+    if want_step is None:
+        return 0
+    dropped = history.truncate_after(want_step)
+    if history.committed_records != want:
+        raise CheckpointError(
+            f"{where}: the history store has {history.committed_records} records up to step "
+            f"{want_step}, the checkpoint recorded {want}"
+        )
+    return dropped
+
+
+def build(
+    loaded: LoadedConfig,
+    *,
+    overwrite: bool = False,
+    history_factory: Any = None,
+    resume: str | None = None,
+    allow_config_change: Sequence[str] = (),
+) -> Kernel:
+    """Validate everything, then create (or, with ``resume``, reopen) the run directory and
+    the Kernel. ``resume`` is ``"auto"`` (the newest complete checkpoint of
+    run.output_dir) or a checkpoint/run directory path."""
     from srpo.policy import Policy
 
     cfg = loaded.config
@@ -131,7 +191,18 @@ def build(loaded: LoadedConfig, *, overwrite: bool = False, history_factory: Any
     datasets = load_datasets(loaded)
     eval_sets = load_datasets(loaded, eval_split=True)
     run_dir = Path(cfg.run.output_dir)
-    check_output_dir(run_dir, overwrite)
+    config = cfg.model_dump(mode="json")
+    ckpt: Path | None = None
+    state: dict[str, Any] = {}
+    if resume is not None:
+        if overwrite:
+            raise SrpoError(
+                "--resume continues the run in run.output_dir, --overwrite "
+                "replaces it: pass one of them"
+            )
+        ckpt, state = _prepare_resume(run_dir, resume, config, allow_config_change)
+    else:
+        check_output_dir(run_dir, overwrite)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     device = cfg.run.device
@@ -164,7 +235,7 @@ def build(loaded: LoadedConfig, *, overwrite: bool = False, history_factory: Any
         datasets=datasets,
         tokenizer=policy.tokenizer,
         policy=policy,
-        config=cfg.model_dump(mode="json"),
+        config=config,
         num_workers=os.cpu_count() or 1,
     )
     sampler = _construct("sampler", *p.sampler, ctx)
@@ -173,17 +244,18 @@ def build(loaded: LoadedConfig, *, overwrite: bool = False, history_factory: Any
     loggers = [_construct("logger", c, o, ctx) for c, o, _ in p.loggers]
     fatal = {i for i, (_, _, f) in enumerate(p.loggers) if f}
 
-    if run_dir.exists() and overwrite:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # -- from here on the run directory is written ------------------------------------------
     domains = sorted(set(datasets) | set(eval_sets))
-    (run_dir / RUN_MARKER).write_text(json.dumps({"srpo": 1, "domains": domains}) + "\n")
-    (run_dir / "config.yaml").write_text(
-        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    )
+    if ckpt is None:
+        if run_dir.exists() and overwrite:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUN_MARKER).write_text(json.dumps({"srpo": 1, "domains": domains}) + "\n")
+        _write_config(run_dir, config)
     history = reader = None
     if cfg.history.enabled and history_factory is not None:
         history, reader = history_factory(run_dir, cfg)
+    checkpoints = CheckpointManager(run_dir, cfg.checkpoint.keep)
     settings = KernelSettings(
         group_size=cfg.algorithm.group_size,
         prompts_per_step=cfg.run.prompts_per_step,
@@ -192,6 +264,7 @@ def build(loaded: LoadedConfig, *, overwrite: bool = False, history_factory: Any
         eval_every=cfg.eval.every,
         seed=cfg.run.seed,
         domains=domains,
+        checkpoint_every=cfg.checkpoint.every,
     )
     roles = Roles(sampler, verifiers, curriculum, loggers, fatal)
     kernel = Kernel(
@@ -199,13 +272,54 @@ def build(loaded: LoadedConfig, *, overwrite: bool = False, history_factory: Any
         policy,
         settings,
         run_dir,
-        cfg.model_dump(mode="json"),
+        config,
         eval_sets,
         history=history,
         history_reader=reader,
+        checkpoints=checkpoints,
     )
-    kernel.seed_everything()
+    if ckpt is None:
+        kernel.seed_everything()
+        return kernel
+    try:
+        _restore(kernel, ckpt, state, history)
+    except BaseException:
+        if history is not None:
+            history.close()
+        raise
+    _write_config(run_dir, config)  # the run file as now in force (allowed changes included)
     return kernel
+
+
+def _write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def _restore(kernel: Kernel, ckpt: Path, state: dict[str, Any], history: Any) -> None:
+    """Put a freshly built kernel into the checkpoint's state; the RNGs last, after
+    everything that may draw from them (model loading, plugin construction)."""
+    step = int(state["step"])
+    if history is not None:  # check before deleting anything
+        have, want = history.committed_step, (state.get("history") or {}).get("committed_step")
+        if want is not None and (have is None or have < want):
+            raise CheckpointError(
+                f"{ckpt}: the history store committed up to step {have}, the checkpoint "
+                f"needs step {want}"
+            )
+    gone = kernel.checkpoints.discard_after(step) if kernel.checkpoints is not None else []
+    dropped = _rewind_history(history, state.get("history"), ckpt)
+    load_weights(kernel.policy.model, ckpt / "model")
+    kernel.policy.load_state_dict(state["policy"])
+    kernel.load_state_dict(state["kernel"])
+    if kernel.checkpoints is not None:
+        kernel.checkpoints.last_step = step
+    set_rng_state(state["rng"])
+    c = kernel.counters
+    extra = f"; discarded newer checkpoints {', '.join(g.name for g in gone)}" if gone else ""
+    print(
+        f"srpo: resuming from {ckpt} (step {c.step}, epoch {c.epoch}); dropped {dropped} "
+        f"history records after it{extra}"
+    )
 
 
 def close_roles(kernel: Kernel) -> None:

@@ -8,6 +8,8 @@ epoch, reading the history store. The kernel knows roles, never concrete plugins
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +23,9 @@ import torch
 from srpo.api import Curriculum, Logger, Sampler, Verifier
 from srpo.errors import PluginError
 from srpo.kernel import events as ev
+from srpo.kernel.checkpoint import CheckpointManager, rng_state
 from srpo.kernel.metrics import rollout_metrics
+from srpo.kernel.signals import fault_point
 from srpo.types import Prompt, RolloutBatch, Score, Scores
 
 FLAG_TRUNCATED = 1
@@ -29,11 +33,18 @@ FLAG_VERIFIER_ERROR = 2
 
 
 class HistoryHook(Protocol):
-    """What the kernel needs from a history store: append a step's records, commit them."""
+    """What the kernel needs from a history store: append a step's records, commit them,
+    and say how far it has committed (checkpoints record it; a resume rewinds to it)."""
 
     def append(self, **columns: Any) -> None: ...
 
     def commit(self, step: int) -> None: ...
+
+    @property
+    def committed_step(self) -> int | None: ...
+
+    @property
+    def committed_records(self) -> int: ...
 
 
 @dataclass
@@ -55,6 +66,7 @@ class KernelSettings:
     seed: int
     domains: Sequence[str]  # domain code = index in this list (stored in history)
     fail_fast_verifiers: bool = False
+    checkpoint_every: int = 0  # 0: only at the end (and on a stop or a plugin failure)
 
 
 @dataclass
@@ -81,6 +93,7 @@ class Kernel:
         history: HistoryHook | None = None,
         history_reader: Any = None,
         on_step_end: Callable[[Kernel], None] | None = None,
+        checkpoints: CheckpointManager | None = None,
     ) -> None:
         self.roles, self.policy, self.s = roles, policy, settings
         self.run_dir, self.config, self.eval_sets = run_dir, config, eval_sets
@@ -91,6 +104,13 @@ class Kernel:
         self.stop_requested: str | None = None
         self.last_eval: dict[str, float] = {}
         self.first_eval: dict[str, float] = {}
+        self.checkpoints = checkpoints
+        self.failure: PluginError | None = None  # a fatal logger failed: stop after the step
+        # Whether the in-memory state is a consistent point to checkpoint: "complete"
+        # (between steps), "clean" (inside a step, weights untouched: the snapshot taken at
+        # the step's start is still valid) or "dirty" (mid-update: nothing consistent).
+        self._phase = "complete"
+        self._snapshot: dict[str, Any] | None = None
 
     # -- events -----------------------------------------------------------------------------
 
@@ -100,9 +120,17 @@ class Kernel:
                 logger.on_event(event)
             except Exception as e:
                 name = type(logger).__name__
-                if i in self.roles.fatal_loggers:
-                    raise PluginError(f"logger {name} failed on {event.kind}: {e}") from e
                 self.roles.loggers[i] = _Disabled(logger)
+                if i in self.roles.fatal_loggers:
+                    # not raised here: the step in flight finishes, so the run ends with a
+                    # checkpoint of a complete step and can be resumed
+                    if self.failure is None:
+                        self.failure = PluginError(
+                            f"logger {name} failed on {event.kind}: {type(e).__name__}: {e}"
+                        )
+                        self.failure.__cause__ = e
+                    self.stop_requested = self.stop_requested or "failure"
+                    continue
                 print(f"srpo: logger {name} failed on {event.kind} and is disabled: {e}")
 
     # -- the run ----------------------------------------------------------------------------
@@ -121,42 +149,128 @@ class Kernel:
         torch.manual_seed(self.s.seed)
 
     def run(self) -> str:
-        """Train to the end (or until a stop is requested); returns the final status."""
+        """Train to the end (or until a stop is requested); returns the final status.
+
+        The run ends with a checkpoint of its last complete step (before the final
+        evaluation), also when stopped by a signal or a failing plugin, so ``--resume``
+        continues exactly where it ended.
+        """
         c = self.counters
-        self.emit(ev.RunStart(self.run_dir, self.config, self.total_steps(), c.step))
-        if c.step == 0:
-            self.first_eval = self.evaluate("before")
+        try:
+            self.emit(ev.RunStart(self.run_dir, self.config, self.total_steps(), c.step))
+            if c.step == 0 and not self.stop_requested:  # a resumed run is past it (step > 0)
+                self.first_eval = self.evaluate("before")
+            self._loop()
+        except Exception as e:
+            self._end_failed(e)
+            raise
         status = "completed"
-        while c.epoch < self.s.epochs and not self._done():
+        if self.failure is not None:
+            status = "failed"
+        elif self.stop_requested:
+            status = "interrupted"
+        self.save_checkpoint(final=True)
+        if self.failure is not None:
+            self._note_checkpoint(self.failure)
+        if status == "completed":
+            self.last_eval = self.evaluate("after")
+        self.emit(ev.RunEnd(c.step, status, self._summary()))
+        if self.failure is not None:
+            raise self.failure
+        return status
+
+    def _loop(self) -> None:
+        c = self.counters
+        while c.epoch < self.s.epochs and not self._done() and not self.stop_requested:
             cur = self.roles.curriculum
             if not c.epoch_started:
+                self._phase = "dirty"
                 cur.begin_epoch(c.epoch)
                 c.epoch_started = True
                 self.emit(ev.EpochStart(c.epoch, cur.stage, cur.epoch_size()))
-            while not self._done():
+                self._phase = "complete"
+            while not self._done() and not self.stop_requested:
                 if not self.step():
                     break
-                if self.stop_requested:
-                    break
             if self.stop_requested:
-                status = "interrupted"
-                break
+                return
             if self._done() and not self._epoch_exhausted():
-                break
+                return
+            fault_point("epoch_end")
+            self._phase = "dirty"
             report = dict(cur.end_epoch(c.epoch, self.history_reader))
             self.emit(ev.EpochEnd(c.epoch, report))
             c.epoch += 1
             c.epoch_started = False
-        if status == "completed":
-            self.last_eval = self.evaluate("after")
-        summary = {
+            self._phase = "complete"
+
+    def _summary(self) -> dict[str, float]:
+        c = self.counters
+        return {
             **{f"before/{k}": v for k, v in self.first_eval.items()},
             **{f"after/{k}": v for k, v in self.last_eval.items()},
             "steps": float(c.step),
             "rollouts": float(c.rollouts),
         }
-        self.emit(ev.RunEnd(c.step, status, summary))
-        return status
+
+    def _end_failed(self, error: Exception) -> None:
+        """A role raised: checkpoint the last consistent state if there is one, tell the
+        loggers, and let the error propagate (it names the plugin)."""
+        where = None
+        try:
+            if self._phase == "complete":
+                where = self.save_checkpoint(final=True)
+            elif self._phase == "clean" and self._snapshot is not None:
+                where = self.save_checkpoint(final=True, snapshot=self._snapshot)
+        except Exception as e:  # the original error matters more; say why there is no save
+            print(f"srpo: could not checkpoint after the failure: {type(e).__name__}: {e}")
+        if where is not None:
+            self._note_checkpoint(error)
+        with contextlib.suppress(Exception):  # a logger failing here must not hide `error`
+            self.emit(ev.RunEnd(self.counters.step, "failed", self._summary()))
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _note_checkpoint(self, error: Exception) -> None:
+        """Append where the run can be resumed from to a failure's one-line message."""
+        step = self.checkpoints.last_step if self.checkpoints is not None else None
+        if step is None:
+            return
+        note = f"the checkpoint of step {step} is saved: rerun with --resume to continue"
+        error.args = (f"{error.args[0]}; {note}" if error.args else note, *error.args[1:])
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything but weights and optimizer needed to resume from this point (a copy)."""
+        h = self.history
+        return copy.deepcopy(
+            {
+                "kernel": self.state_dict(),
+                "rng": rng_state(),
+                "history": None
+                if h is None
+                else {"committed_step": h.committed_step, "records": h.committed_records},
+            }
+        )
+
+    def save_checkpoint(
+        self, *, final: bool = False, snapshot: dict[str, Any] | None = None
+    ) -> Path | None:
+        """Write a checkpoint of the current state (or of ``snapshot``, taken at the start
+        of a step whose weights are still untouched). Nothing to do before the first step,
+        or when this step is already saved."""
+        if self.checkpoints is None:
+            return None
+        snap = snapshot if snapshot is not None else self.snapshot()
+        step = int(snap["kernel"]["counters"]["step"])
+        if step == 0 or (final and self.checkpoints.last_step == step):
+            return None
+        state = {
+            **snap,
+            "step": step,
+            "policy": self.policy.state_dict(),
+            "config": copy.deepcopy(dict(self.config)),
+        }
+        return self.checkpoints.save(step, self.policy, state)
 
     def _done(self) -> bool:
         return self.s.max_steps is not None and self.counters.step >= self.s.max_steps
@@ -169,6 +283,9 @@ class Kernel:
     def step(self) -> bool:
         """One training step; False when the curriculum has no prompts left this epoch."""
         c, cur = self.counters, self.roles.curriculum
+        self._snapshot = self.snapshot() if self.checkpoints is not None else None
+        self._phase = "clean"
+        fault_point("step_start")
         t_start = time.perf_counter()
         timing = {"generate": 0.0, "verify": 0.0, "update": 0.0, "history": 0.0}
         parts: list[tuple[RolloutBatch, Scores]] = []
@@ -193,6 +310,7 @@ class Kernel:
             if kept_groups >= self.s.prompts_per_step:
                 break
         if rounds == 0:
+            self._phase = "complete"
             return False
         pad = int(self.policy.tokenizer.pad_token_id)
         batch = RolloutBatch.concat([b for b, _ in parts], pad)
@@ -200,14 +318,18 @@ class Kernel:
         self.emit(ev.RolloutsScored(c.step, batch, scores))
 
         t = time.perf_counter()
+        self._phase = "dirty"
         update_metrics = self.policy.update(batch, scores)
         self.roles.sampler.sync(self.policy)
         timing["update"] += time.perf_counter() - t
+        fault_point("update")
         self.emit(ev.UpdateDone(c.step, update_metrics))
 
         t = time.perf_counter()
         if self.history is not None:
+            fault_point("history_commit")
             self.history.commit(c.step)
+            fault_point("history_committed")
         timing["history"] += time.perf_counter() - t
         c.rollouts += generated
         metrics = rollout_metrics(batch, scores, self.s.domains)
@@ -233,6 +355,11 @@ class Kernel:
         if self.s.eval_every and c.step % self.s.eval_every == 0 and not self._done():
             self.evaluate("during")
         self.emit(ev.StepEnd(c.step - 1, c.epoch, metrics))
+        self._phase = "complete"
+        fault_point("step_end")
+        every = self.s.checkpoint_every
+        if every and c.step % every == 0 and not self._done():
+            self.save_checkpoint()
         if self.on_step_end is not None:
             self.on_step_end(self)
         return True
@@ -248,9 +375,11 @@ class Kernel:
                 f"sampler {type(self.roles.sampler).__name__} failed: {type(e).__name__}: {e}"
             ) from e
         timing["generate"] += time.perf_counter() - t
+        fault_point("generate")
         t = time.perf_counter()
         scores = self.verify(batch)
         timing["verify"] += time.perf_counter() - t
+        fault_point("verify")
         return batch, scores
 
     def verify(self, batch: RolloutBatch) -> Scores:
@@ -314,6 +443,7 @@ class Kernel:
             flags=flags,
             stage=np.full(n, self.roles.curriculum.stage, dtype=np.uint8),
         )
+        fault_point("history_append")
         timing["history"] += time.perf_counter() - t
 
     # -- evaluation -------------------------------------------------------------------------
@@ -369,3 +499,12 @@ class _Disabled(Logger):
 
     def on_event(self, event: ev.Event) -> None:
         return None
+
+    def state_dict(self) -> dict[str, Any]:
+        try:  # keep what the logger had done (e.g. its file position) for a resume
+            return self.inner.state_dict()
+        except Exception:
+            return {}
+
+    def close(self) -> None:
+        self.inner.close()
