@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from srpo.algo.dapo import OverlongOptions
 from srpo.errors import ConfigError
 
 
@@ -78,6 +79,7 @@ class AlgorithmSection(_Strict):
     std_normalize: bool = True
     eps: float = Field(1e-6, gt=0)
     loss_backend: Literal["auto", "compiled", "reference"] = "auto"
+    overlong: OverlongOptions = Field(default_factory=OverlongOptions)  # DAPO length shaping
 
 
 class DatasetSpec(_Strict):

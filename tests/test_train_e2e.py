@@ -78,3 +78,22 @@ def test_default_run_learns(tmp_path, capsys):
     gain = end["after/accuracy"] - end["before/accuracy"]
     print(f"held-out accuracy {end['before/accuracy']:.3f} -> {end['after/accuracy']:.3f}")
     assert gain >= 0.15, gain
+
+
+def test_dapo_overlong_shaping_reaches_rewards_and_loss(write_config, tmp_path, capsys):
+    """Soft overlong punishment lowers rewards of long responses; filtering masks truncated
+    ones out of the loss (a batch of only truncated responses has no loss tokens)."""
+    path = write_config(
+        **{
+            "run.max_steps": 1,
+            "eval.datasets": {},
+            "sampler.options.max_new_tokens": 6,
+            "algorithm.overlong": {"filter": True, "max_len": 6, "cache_len": 4},
+        }
+    )
+    assert main(["run", str(path)]) == 0, capsys.readouterr().err
+    step = next(r for r in read_metrics(tmp_path / "run") if r["kind"] == "step")
+    assert step["truncated_frac"] == 1.0  # every answer needs more than 6 tokens
+    assert step["reward_parts/overlong_penalty"] == -1.0
+    assert step["reward/mean"] == -1.0
+    assert step["tokens"] == 0.0

@@ -265,6 +265,7 @@ def build(
         seed=cfg.run.seed,
         domains=domains,
         checkpoint_every=cfg.checkpoint.every,
+        overlong=cfg.algorithm.overlong,
     )
     roles = Roles(sampler, verifiers, curriculum, loggers, fatal)
     kernel = Kernel(

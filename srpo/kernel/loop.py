@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from srpo.algo.dapo import OverlongOptions, overlong_filter_mask, soft_overlong_penalty
 from srpo.api import Curriculum, Logger, Sampler, Verifier
 from srpo.errors import PluginError
 from srpo.kernel import events as ev
@@ -67,6 +68,7 @@ class KernelSettings:
     domains: Sequence[str]  # domain code = index in this list (stored in history)
     fail_fast_verifiers: bool = False
     checkpoint_every: int = 0  # 0: only at the end (and on a stop or a plugin failure)
+    overlong: OverlongOptions | None = None  # DAPO: overlong filtering / soft punishment
 
 
 @dataclass
@@ -319,7 +321,10 @@ class Kernel:
 
         t = time.perf_counter()
         self._phase = "dirty"
-        update_metrics = self.policy.update(batch, scores)
+        loss_mask = None
+        if self.s.overlong is not None and self.s.overlong.filter:
+            loss_mask = overlong_filter_mask(batch.response_mask, batch.truncated)
+        update_metrics = self.policy.update(batch, scores, loss_mask=loss_mask)
         self.roles.sampler.sync(self.policy)
         timing["update"] += time.perf_counter() - t
         fault_point("update")
@@ -378,6 +383,13 @@ class Kernel:
         fault_point("generate")
         t = time.perf_counter()
         scores = self.verify(batch)
+        ol = self.s.overlong
+        if ol is not None and ol.max_len is not None and batch.num_rollouts:
+            # DAPO's soft overlong punishment shapes the reward (not correctness) before
+            # history and group filtering see it
+            penalty = soft_overlong_penalty(batch.lengths, ol.max_len, ol.cache_len, ol.penalty)
+            scores.reward = scores.reward + penalty.to(scores.reward.dtype)
+            scores.breakdown["overlong_penalty"] = penalty.float()
         timing["verify"] += time.perf_counter() - t
         fault_point("verify")
         return batch, scores
