@@ -42,10 +42,11 @@ def _extensions() -> tuple[list, dict]:
         return [], {}
 
     sources = ["csrc/bindings.cpp", "csrc/grpo_cpu.cpp"]
-    # -fopenmp: at::parallel_for's inline OpenMP region must be compiled in (it resolves to the
-    # libgomp.so.1 torch already loaded, so there is one OpenMP runtime).
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
-    link = ["-fopenmp"]
+    # No OpenMP: the CPU op runs on its own claim-based helper threads (csrc/grpo.h,
+    # grpo_cpu_parallel) and picks AVX2/AVX-512 kernels at run time, so the default -march is
+    # kept and the module runs on any CPU of the architecture.
+    cxx = ["-O3", "-pthread"]
+    link = ["-pthread"]
     nvcc_ok = bool(CUDA_HOME) and (Path(CUDA_HOME) / "bin" / "nvcc").exists()
     if torch.version.cuda and nvcc_ok and _flag("SRPO_CUDA", "1"):
         ext = CUDAExtension(

@@ -6,7 +6,12 @@ N=4096 rollouts x T=1024 tokens, G=16 rollouts per prompt, ragged lengths, float
 
 The bandwidth floor is a ``copy_`` whose read+write traffic equals the bytes the op must touch
 at least once (read logp, old_logp, mask; write the gradient: 13 B/token in float32), so
-``fused / floor`` is how far the fused pass is from streaming its data once.
+``fused / floor`` is how far the fused pass is from streaming its data once. (The fused kernel
+skips loading logp/old_logp for 16-token chunks whose mask is all 0 -- ~44% of this ragged
+batch -- so its GB/s figure is the effective rate over the nominal bytes.)
+
+On a small shared machine, wall-clock medians swing with other processes' load: compare the
+ratios of one run, and the mins.
 """
 
 from __future__ import annotations

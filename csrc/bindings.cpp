@@ -2,13 +2,16 @@
 //
 // The op returns the loss, the stats vector, the gradient d loss / d logp (computed in the same
 // pass, so backward is a scale) and the per-sequence advantages [N] (O(N), for logging/tests).
-// Autograd and the fake (meta) kernel are registered from Python (srpo/ops/_registry.py).
+// Autograd and the fake (meta) kernel are registered from Python (srpo/ops/_autograd.py).
 #include <Python.h>
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <numeric>
 #include <tuple>
+#include <vector>
 
 #include "grpo.h"
 
@@ -27,6 +30,23 @@ Tensor dense_group_ids(const Tensor& ids) {
   Tensor ids64 = ids.to(at::kLong).contiguous();
   const int64_t n = ids64.numel();
   if (n == 0) return ids64;
+  if (ids64.device().is_cpu()) {
+    // Plain sort on the caller's thread: the ATen version below is ~5 small ops, and
+    // index_put_ opens an OpenMP region whose wake-up costs milliseconds on a busy machine.
+    const int64_t* src = ids64.const_data_ptr<int64_t>();
+    std::vector<int64_t> order(static_cast<size_t>(n));
+    std::iota(order.begin(), order.end(), int64_t(0));
+    std::stable_sort(order.begin(), order.end(),
+                     [src](int64_t x, int64_t y) { return src[x] < src[y]; });
+    Tensor dense = at::empty_like(ids64);
+    int64_t* dst = dense.mutable_data_ptr<int64_t>();
+    int64_t g = -1;
+    for (int64_t k = 0; k < n; ++k) {
+      if (k == 0 || src[order[k]] != src[order[k - 1]]) ++g;
+      dst[order[k]] = g;
+    }
+    return dense;
+  }
   auto sorted = ids64.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
   const Tensor& keys = std::get<0>(sorted);
   const Tensor& perm = std::get<1>(sorted);
@@ -135,11 +155,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> grpo_fwd(
       TORCH_CHECK(err == 0, "srpo::grpo_fwd: CUDA launch failed with cudaError ", err);
 #endif
     } else {
-      // ~32K tokens per task: enough work to amortize the thread hand-off.
-      const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(t, 1));
-      at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { grpo_cpu_row_lengths(a, b, e); });
+      // Rows in blocks of ~16K tokens over the caller + (threads - 1) helpers that are only
+      // waited for once they hold a block (grpo.h: grpo_cpu_parallel).
+      const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(t, 1));
+      const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+      grpo_cpu_parallel(
+          n, grain, threads,
+          [](void* p, int64_t b, int64_t e) { grpo_cpu_row_lengths(*static_cast<GrpoArgs*>(p), b, e); },
+          &a);
       grpo_cpu_prepare(a);
-      at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) { grpo_cpu_rows(a, b, e); });
+      grpo_cpu_parallel(
+          n, grain, threads,
+          [](void* p, int64_t b, int64_t e) { grpo_cpu_rows(*static_cast<GrpoArgs*>(p), b, e); }, &a);
       grpo_cpu_finalize(a);
     }
   }

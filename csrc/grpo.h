@@ -131,6 +131,16 @@ void grpo_cpu_prepare(const GrpoArgs& a);
 void grpo_cpu_rows(const GrpoArgs& a, int64_t row_begin, int64_t row_end);
 void grpo_cpu_finalize(const GrpoArgs& a);
 
+// Runs fn(ctx, begin, end) over [0, n) in blocks of `grain` rows, on the calling thread plus up
+// to `threads - 1` persistent helper threads. Blocks are claimed from an atomic counter and the
+// caller waits only for blocks a helper has actually claimed: a helper that is slow to wake (a
+// shared, oversubscribed machine) costs nothing, the caller simply does the remaining blocks.
+// (A fork-join team, e.g. at::parallel_for on OpenMP, waits at its barrier for every thread to
+// be scheduled, which costs milliseconds per region when other processes hold the cores.)
+// Serial when threads <= 1, n <= grain, or the pool is busy (nested or concurrent calls).
+using GrpoRangeFn = void (*)(void* ctx, int64_t begin, int64_t end);
+void grpo_cpu_parallel(int64_t n, int64_t grain, int threads, GrpoRangeFn fn, void* ctx);
+
 // ---- CUDA (csrc/grpo_cuda.cu). `stream` is a cudaStream_t; all launches are async. ----
 int64_t grpo_cuda_parts(int64_t n, int64_t t);
 // Returns 0 on success, else a cudaError_t code (bindings turn it into an exception).

@@ -1,7 +1,8 @@
 // Per-token GRPO math shared by the CPU and CUDA kernels (header-only, no torch types).
 //
-// Written branch-free (selects, not ifs) so the CPU compiler vectorizes the token loop and
-// CUDA warps do not diverge. Masked-out positions are replaced by 0 *before* any arithmetic,
+// Used as is by the CUDA kernel and the CPU float64 path; the CPU float32/bf16 path
+// (grpo_cpu_rows.inc) is an explicitly vectorized transcription of grpo_token and fast_exp.
+// Written branch-free (selects, not ifs) so CUDA warps do not diverge. Masked-out positions are replaced by 0 *before* any arithmetic,
 // so NaN/inf stored under mask == 0 can never reach the loss or the gradient.
 #pragma once
 
