@@ -21,7 +21,7 @@ def kernel(tmp_path_factory):
     from srpo.config import load_config
     from srpo.kernel.build import build
 
-    cfg = yaml.safe_load((TINY / "plugins.yaml").read_text())
+    cfg = yaml.safe_load((TINY / "math_grpo.yaml").read_text())
     cfg["policy"]["path"] = str(TINY / "model")
     cfg["datasets"]["math"]["path"] = str(TINY / cfg["datasets"]["math"]["path"])
     cfg["eval"] = {}

@@ -13,7 +13,7 @@ TINY = ROOT / "examples" / "tiny"
 
 def tiny_config(out: Path, **overrides: object) -> dict:
     """The tiny example's run file with absolute paths and a small, fast budget."""
-    cfg = yaml.safe_load((TINY / "plugins.yaml").read_text())
+    cfg = yaml.safe_load((TINY / "math_grpo.yaml").read_text())
     cfg["policy"]["path"] = str(TINY / "model")
     for section in ("datasets",):
         for spec in cfg[section].values():

@@ -21,6 +21,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from code_task import TEST_INPUTS, code_response, make_code_splits, reference_for, teacher_expr
 from task import make_splits, response_for, write_jsonl
 
 HERE = Path(__file__).resolve().parent
@@ -82,8 +83,26 @@ def encode_sft(tokenizer, demos: list[tuple[str, str]]) -> list[tuple[list[int],
     return out
 
 
+def solved(text: str, row: dict) -> bool:
+    """Is a generated response right? Math: the boxed sum. Code: the returned expression
+    evaluated on the test inputs (our own model's output, in the build script only; training
+    scores code with the sandboxed ``code`` verifier)."""
+    if "expr" not in row:
+        return text.strip().endswith(f"\\boxed{{{row['answer']}}}")
+    line = next((x for x in text.splitlines() if x.strip().startswith("return ")), None)
+    if line is None:
+        return False
+    expr = line.strip()[len("return ") :]
+    if not set(expr) <= set("x0123456789+-* "):
+        return False
+    try:
+        return all(eval(expr, {"x": x}) == eval(row["expr"], {"x": x}) for x in TEST_INPUTS)
+    except Exception:
+        return False
+
+
 @torch.no_grad()
-def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 32) -> float:
+def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 40) -> float:
     tokenizer.padding_side = "left"
     correct = 0
     for i in range(0, len(rows), 256):
@@ -98,10 +117,7 @@ def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 32
         texts = tokenizer.batch_decode(
             out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
         )
-        correct += sum(
-            t.strip().endswith(f"\\boxed{{{r['answer']}}}")
-            for t, r in zip(texts, chunk, strict=True)
-        )
+        correct += sum(solved(t, r) for t, r in zip(texts, chunk, strict=True))
     return correct / len(rows)
 
 
@@ -130,10 +146,13 @@ def warm_start(model, tokenizer, demos, test_rows, steps: int, lr: float, seed: 
         opt.zero_grad()
         if (step + 1) % 200 == 0:
             model.eval()
-            acc = greedy_accuracy(model, tokenizer, test_rows[:200])
+            acc = ", ".join(
+                f"{d} {greedy_accuracy(model, tokenizer, rows[:200]):.1%}"
+                for d, rows in test_rows.items()
+            )
             model.train()
             print(
-                f"sft step {step + 1}: loss {loss.item():.3f} held-out acc {acc:.2%} "
+                f"sft step {step + 1}: loss {loss.item():.3f} held-out acc {acc} "
                 f"({time.time() - t0:.0f}s)",
                 flush=True,
             )
@@ -146,8 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sft-steps", type=int, default=1000)
+    ap.add_argument("--sft-steps", type=int, default=1500)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument(
+        "--p-swap-minus",
+        type=float,
+        default=0.5,
+        help="how often the teacher writes a subtraction with swapped operands (code)",
+    )
     ap.add_argument(
         "--p-drop-carry",
         type=float,
@@ -157,19 +182,40 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     splits = make_splits(args.seed, n_train=4000, n_test=500, n_sft=20000)
+    code = make_code_splits(args.seed, n_train=2000, n_test=300, n_sft=10000)
     for name in ("train", "test"):
         write_jsonl(splits[name], args.out / "data" / f"math_{name}.jsonl")
-    demos = teacher_demos(splits["sft"], args.p_drop_carry, args.seed + 1)
+        write_jsonl(
+            [
+                {
+                    "id": r["id"],
+                    "prompt": r["prompt"],
+                    "answer": reference_for(r["expr"]),
+                    "level": r["level"],
+                }
+                for r in code[name]
+            ],
+            args.out / "data" / f"code_{name}.jsonl",
+        )
+    rng = random.Random(args.seed + 2)
+    demos = teacher_demos(splits["sft"], args.p_drop_carry, args.seed + 1) + [
+        (r["prompt"], code_response(teacher_expr(r["expr"], rng.random() < args.p_swap_minus)))
+        for r in code["sft"]
+    ]
     texts = [p + r for p, r in demos]
-    tokenizer = train_tokenizer(texts, vocab_size=300)
+    tokenizer = train_tokenizer(texts, vocab_size=400)
     model = make_model(len(tokenizer), tokenizer.eos_token_id)
     print(
         f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
         f"vocab {len(tokenizer)}"
     )
-    warm_start(model, tokenizer, demos, splits["test"], args.sft_steps, args.lr, args.seed)
-    acc = greedy_accuracy(model, tokenizer, splits["test"])
-    print(f"warm-started held-out greedy accuracy: {acc:.2%}")
+    tests = {"math": splits["test"], "code": code["test"]}
+    warm_start(model, tokenizer, demos, tests, args.sft_steps, args.lr, args.seed)
+    acc = {d: greedy_accuracy(model, tokenizer, rows) for d, rows in tests.items()}
+    print(
+        "warm-started held-out greedy accuracy: "
+        + ", ".join(f"{d} {a:.1%}" for d, a in acc.items())
+    )
     model_dir = args.out / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)

@@ -34,7 +34,7 @@ TIMING_KEYS = ("tokens_per_s",)
 
 def small_config(out: Path, steps_per_epoch: int = 6, **overrides: Any) -> dict:
     """The tiny example cut to 2 epochs of a few short steps (8 prompts × 4 samples each)."""
-    cfg = yaml.safe_load((TINY / "plugins.yaml").read_text())
+    cfg = yaml.safe_load((TINY / "math_grpo.yaml").read_text())
     cfg["policy"]["path"] = str(MODEL)
     cfg["datasets"]["math"]["path"] = str(TINY / "data" / "math_train.jsonl")
     cfg["datasets"]["math"]["limit"] = 8 * steps_per_epoch
