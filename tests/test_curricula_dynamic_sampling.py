@@ -80,7 +80,9 @@ class FakePolicy:
     tokenizer = SimpleNamespace(pad_token_id=0)
     temperature = 1.0
 
-    def update(self, batch: RolloutBatch, scores: Scores) -> dict[str, float]:
+    def update(
+        self, batch: RolloutBatch, scores: Scores, loss_mask: torch.Tensor | None = None
+    ) -> dict[str, float]:
         return {}
 
 
