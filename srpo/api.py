@@ -146,6 +146,12 @@ class Curriculum(Plugin, ABC):
         """Prompts in the current epoch, when known (for progress and ETA)."""
         return None
 
+    def overrides(self) -> Mapping[str, Any]:
+        """Run-file sections to override in the current stage, e.g.
+        ``{"algorithm": {"clip_high": 0.28}, "sampler": {"temperature": 0.8}}``.
+        The kernel applies them whenever ``stage`` changes (and on resume)."""
+        return {}
+
 
 class Logger(Plugin, ABC):
     """Observes events; never changes training."""

@@ -97,3 +97,36 @@ def test_dapo_overlong_shaping_reaches_rewards_and_loss(write_config, tmp_path, 
     assert step["reward_parts/overlong_penalty"] == -1.0
     assert step["reward/mean"] == -1.0
     assert step["tokens"] == 0.0
+
+
+def test_stage_overrides_apply_at_the_switch(write_config, tmp_path, capsys):
+    """two_stage's per-stage overrides reach the sampler and the loss when the stage flips."""
+    from srpo.config import load_config
+    from srpo.kernel.build import build, close_roles
+
+    path = write_config(
+        **{
+            "run.max_steps": 2,
+            "run.epochs": 3,
+            "run.prompts_per_step": 4,
+            "eval.datasets": {},
+            "curriculum": {
+                "name": "two_stage",
+                "options": {
+                    "stage1_domains": ["math"],
+                    "stage2_mix": {"math": 1.0},
+                    "switch": {"after_steps": 1},
+                    "stage_overrides": {
+                        1: {"sampler": {"temperature": 0.7}, "algorithm": {"clip_high": 0.3}}
+                    },
+                },
+            },
+        }
+    )
+    kernel = build(load_config(path))
+    assert kernel.roles.sampler.temperature == 1.0
+    kernel.run()
+    close_roles(kernel)
+    assert kernel.roles.curriculum.stage == 1
+    assert kernel.roles.sampler.temperature == 0.7 and kernel.policy.temperature == 0.7
+    assert kernel.policy.algo.clip_high == 0.3

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from srpo.algo.dapo import OverlongOptions, overlong_filter_mask, soft_overlong_penalty
 from srpo.api import Curriculum, Logger, Sampler, Verifier
@@ -103,6 +104,8 @@ class Kernel:
         self.on_step_end = on_step_end
         self.counters = Counters()
         self.policy.temperature = float(getattr(roles.sampler, "temperature", 1.0))
+        self._applied_stage: int | None = None
+        self._overridden = False  # whether some stage changed the run file's values
         self.stop_requested: str | None = None
         self.last_eval: dict[str, float] = {}
         self.first_eval: dict[str, float] = {}
@@ -189,8 +192,10 @@ class Kernel:
                 self._phase = "dirty"
                 cur.begin_epoch(c.epoch)
                 c.epoch_started = True
+                self._apply_stage_overrides()
                 self.emit(ev.EpochStart(c.epoch, cur.stage, cur.epoch_size()))
                 self._phase = "complete"
+            self._apply_stage_overrides()  # no-op unless resumed into a stage
             while not self._done() and not self.stop_requested:
                 if not self.step():
                     break
@@ -205,6 +210,43 @@ class Kernel:
             c.epoch += 1
             c.epoch_started = False
             self._phase = "complete"
+
+    def _apply_stage_overrides(self) -> None:
+        """Apply the curriculum's per-stage ``algorithm``/``sampler`` overrides on top of the
+        run file's values whenever the stage changes (derived state: re-done on resume)."""
+        cur = self.roles.curriculum
+        if self._applied_stage == cur.stage:
+            return
+        self._applied_stage = cur.stage
+        overrides = dict(cur.overrides())
+        if not overrides and not self._overridden:
+            return
+        if not self._overridden:
+            self._base_algorithm = self.policy.algo.model_dump()
+            self._base_sampler = self.roles.sampler.options.model_dump()
+            self._overridden = True
+        unknown = sorted(set(overrides) - {"algorithm", "sampler"})
+        if unknown:
+            raise PluginError(
+                f"curriculum stage {cur.stage} overrides {unknown[0]!r}: only "
+                "'algorithm' and 'sampler' can change per stage"
+            )
+        sampler, policy = self.roles.sampler, self.policy
+        try:
+            policy.algo = type(policy.algo).model_validate(
+                {**self._base_algorithm, **overrides.get("algorithm", {})}
+            )
+            sampler.options = type(sampler.options).model_validate(
+                {**self._base_sampler, **overrides.get("sampler", {})}
+            )
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise PluginError(
+                f"curriculum stage {cur.stage} override {where}: {err['msg']}"
+            ) from None
+        self.s.group_size = policy.algo.group_size
+        policy.temperature = float(getattr(sampler, "temperature", 1.0))
 
     def _summary(self) -> dict[str, float]:
         c = self.counters
