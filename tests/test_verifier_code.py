@@ -234,3 +234,34 @@ def test_sandbox_view():
     if os.geteuid() == 0:
         assert got["uid"] != 0
         assert got["forks"] < 8  # RLIMIT_NPROC holds for the slot uid
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+def test_interpreter_under_host_tmp_stays_visible(tmp_path):
+    """A venv under the host's /tmp (as CI makes) is bound over the sandbox's own /tmp."""
+    import subprocess
+    import tempfile
+    import venv
+
+    env_dir = Path(tempfile.mkdtemp(dir="/tmp", prefix="srpo-venv-"))
+    try:
+        venv.EnvBuilder(with_pip=False, symlinks=True).create(env_dir)
+        probe = (
+            "import sys; from srpo_plugins.verifiers.code.sandbox import make_backend, Limits;"
+            "make_backend('bwrap', Limits(processes=8), sys.executable, 1, 1_500_060_000);"
+            "print('bwrap ok')"
+        )
+        shim = tmp_path / "shim"
+        shim.mkdir()
+        (shim / "srpo_plugins").symlink_to(Path(make_backend.__code__.co_filename).parents[2])
+        paths = [str(shim), *[p for p in sys.path if p]]
+        res = subprocess.run(
+            [str(env_dir / "bin" / "python"), "-c", probe],
+            env={"PYTHONPATH": os.pathsep.join(paths), "PATH": os.environ.get("PATH", "")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "bwrap ok" in res.stdout, res.stderr[-1500:]
+    finally:
+        shutil.rmtree(env_dir, ignore_errors=True)

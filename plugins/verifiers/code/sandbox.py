@@ -427,7 +427,7 @@ def _root_binds(python: str) -> list[str]:
             # program (an unprivileged uid) could then not import the stdlib
             parent = os.path.dirname(p)
             chain = []
-            while parent not in ("/", "") and parent not in made:
+            while parent not in ("/", "/tmp", "") and parent not in made:
                 chain.append(parent)
                 parent = os.path.dirname(parent)
             for d in reversed(chain):
@@ -457,17 +457,19 @@ class BwrapBackend(Backend):
             "--die-with-parent",
             "--new-session",
             "--clearenv",
-            *_root_binds(python),
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
+            # /tmp first: an interpreter that lives under the host's /tmp (a CI venv) is then
+            # bound on top of the sandbox's own /tmp instead of being hidden by it
             "--perms",
             "1777",
             "--size",
             str(limits.tmpfs_bytes),
             "--tmpfs",
             "/tmp",
+            *_root_binds(python),
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
             "--perms",
             "1777",
             "--size",
