@@ -38,7 +38,7 @@ def step_records(seed: int, step: int) -> dict:
         "correct": correct.astype(np.uint8),
         "length": rng.integers(1, 5000, n).astype(np.uint32),
         "flags": (rng.random(n) < 0.05).astype(np.uint8),
-        "stage": np.full(n, step // 20, np.uint8),
+        "stage": np.full(n, (step // 20) % 256, np.uint8),  # long runs wrap, never overflow
         "tokens": [rng.integers(0, 50000, k).astype(np.int32) for k in lengths],
     }
 

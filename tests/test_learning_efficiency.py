@@ -1,0 +1,49 @@
+"""The learning-efficiency experiment, at a small size: every method runs through the real
+CLI, and the table, the JSON and the overlay plot are produced."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import learning_efficiency as le
+
+
+@pytest.mark.slow
+def test_small_experiment_produces_table_and_plot(tmp_path):
+    out = tmp_path / "eff"
+    argv = [
+        "--methods",
+        "grpo",
+        "dapo",
+        "srpo",
+        "--seeds",
+        "0",
+        "--steps",
+        "6",
+        "--eval-every",
+        "3",
+        "--eval-prompts",
+        "16",
+        "--target",
+        "0.5",
+        "--out",
+        str(out),
+    ]
+    assert le.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"grpo", "dapo", "srpo"}
+    for runs in results.values():
+        (run,) = runs
+        assert [s for s, _ in run["eval_curve"]] == [0, 3, 6]
+        assert len(run["effective_ratio"]) == 6
+        assert {"accuracy/math", "accuracy/code"} <= set(run["final"])
+    # DAPO over-samples: it generates at least as many rollouts per step as the others
+    assert results["dapo"][0]["rollouts_curve"][-1] >= results["grpo"][0]["rollouts_curve"][-1]
+    table = (out / "results.md").read_text()
+    assert "| srpo |" in table and "steps to target" in table
+    assert (out / "efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
