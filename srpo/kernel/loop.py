@@ -201,7 +201,7 @@ class Kernel:
                     break
             if self.stop_requested:
                 return
-            if self._done() and not self._epoch_exhausted():
+            if self._done():  # the step budget ends the run, even at an epoch's last step
                 return
             fault_point("epoch_end")
             self._phase = "dirty"
@@ -318,9 +318,6 @@ class Kernel:
 
     def _done(self) -> bool:
         return self.s.max_steps is not None and self.counters.step >= self.s.max_steps
-
-    def _epoch_exhausted(self) -> bool:
-        return False
 
     # -- one step ---------------------------------------------------------------------------
 
