@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from srpo.kernel.checkpoint import (
     set_rng_state,
 )
 from srpo.kernel.loop import Kernel, KernelSettings, Roles
+from srpo.ops import grpo_loss
 from srpo.types import Prompt
 
 RUN_MARKER = "srpo-run.json"
@@ -211,16 +213,8 @@ def build(
     torch.manual_seed(cfg.run.seed)
     steps_per_epoch = -(-sum(len(v) for v in datasets.values()) // cfg.run.prompts_per_step)
     total = cfg.run.max_steps or steps_per_epoch * cfg.run.epochs
-    if cfg.algorithm.loss_backend == "reference":
-        from srpo.algo import grpo_loss_reference as loss_fn
-    else:
-        from functools import partial
-
-        from srpo.ops import grpo_loss
-
-        loss_fn = partial(
-            grpo_loss, backend="compiled" if cfg.algorithm.loss_backend == "compiled" else "auto"
-        )
+    # the run file's loss_backend values are srpo.ops.grpo_loss's own backends
+    loss_fn = partial(grpo_loss, backend=cfg.algorithm.loss_backend)
     policy = Policy(
         resolve_path(loaded, cfg.policy.path),
         cfg.policy,
