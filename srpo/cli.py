@@ -44,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from srpo.errors import PluginError
     from srpo.kernel.build import build, close_roles
     from srpo.kernel.history_hook import open_history
-    from srpo.kernel.signals import GracefulStop
+    from srpo.kernel.signals import GracefulStop, ignore_exit_signals
 
     loaded = load_config(args.run_file, args.set or ())
     kernel = build(
@@ -55,18 +55,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         allow_config_change=args.allow_config_change or (),
     )
     stop = GracefulStop(kernel)
+    status = None
     try:
-        with stop:
-            status = kernel.run()
+        with stop:  # also around the clean-up: a signal there is recorded, not a traceback
+            try:
+                status = kernel.run()
+            finally:
+                close_roles(kernel)
+                if kernel.history is not None:
+                    kernel.history.close()
     except PluginError as e:
         return _fail(str(e), 1)
     except KeyboardInterrupt:  # only without our handler (not the main thread)
         print("srpo: interrupted", file=sys.stderr)
         return 130
     finally:
-        close_roles(kernel)
-        if kernel.history is not None:
-            kernel.history.close()
+        if getattr(args, "owns_process", False):
+            ignore_exit_signals()
+    if status == "completed":
+        if stop.exit_code is not None:
+            print(
+                f"srpo: {stop.target.stop_requested} arrived after the run completed; "
+                "nothing was lost",
+                file=sys.stderr,
+            )
+        return 0
     if stop.exit_code is not None:
         where = kernel.checkpoints.last_step if kernel.checkpoints is not None else None
         saved = f"checkpoint of step {where} saved; " if where is not None else ""
@@ -75,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return stop.exit_code
-    return 0 if status == "completed" else 1
+    return 1
 
 
 def cmd_plugins_list(args: argparse.Namespace) -> int:
@@ -194,8 +207,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``srpo`` program. Called without ``argv`` it is the process (console script or
+    ``python -m srpo.cli``) and may set process-wide signal dispositions at exit; with an
+    ``argv`` list it is a library call (tests) and leaves them as it found them."""
     parser = make_parser()
     args = parser.parse_args(argv)
+    args.owns_process = argv is None
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -167,3 +167,24 @@ def test_slow_second_sigint_exits_at_once_and_stays_resumable(workdir, quick):
     got = harness.comparable(harness.metrics(workdir / "twice"))
     assert harness.first_difference(ref_metrics, got) is None
     harness.check_history(workdir / "twice", ref_history)
+
+
+@pytest.mark.parametrize("how", ["int", "term"])
+def test_signal_while_a_completed_run_exits_is_exit_0_not_a_silent_death(workdir, quick, how):
+    """Regression (CI): a SIGINT during interpreter shutdown, after the run completed, killed
+    the process silently with -2 because Python's finalizer resets handlers to SIG_DFL."""
+    import time
+
+    out = workdir / f"late-{how}"
+    c = {**quick, "run": {**quick["run"], "output_dir": str(out)}}
+    proc = harness.start(harness.write(c, workdir / f"late-{how}.yaml"))
+    done = out / "metrics.jsonl"
+    while proc.poll() is None and not (done.exists() and '"completed"' in done.read_text()):
+        time.sleep(0.005)
+    for _ in range(3):  # across clean-up and shutdown, not one lucky instant
+        harness.kill(proc, how)
+        time.sleep(0.05)
+    code, _, err = harness.finish(proc)
+    assert code == 0, err[-2000:]
+    assert "Traceback" not in err
+    assert harness.metrics(out)[-1]["status"] == "completed"

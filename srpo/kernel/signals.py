@@ -3,7 +3,9 @@
 First signal: the kernel finishes the current step, writes a checkpoint, flushes loggers
 and the history store, and the process exits 130 (SIGINT) or 143 (SIGTERM). A second
 SIGINT exits at once: checkpoints are published by one atomic rename and the store commits
-step-aligned, so dying anywhere leaves the newest complete checkpoint usable.
+step-aligned, so dying anywhere leaves the newest complete checkpoint usable. A signal
+that arrives after the run completed (during clean-up or interpreter shutdown) changes
+nothing: the process exits 0.
 
 ``SRPO_FAULT_AT=NAME[:N]`` makes the process SIGKILL itself the N-th time (default 1st) it
 reaches the fault point NAME, so crash tests can hit each phase (generation, update,
@@ -85,3 +87,16 @@ class GracefulStop:
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+def ignore_exit_signals() -> None:
+    """Ignore SIGINT/SIGTERM from here on: the run is closed and the process only exits.
+
+    Why: Python's finalizer resets handlers to SIG_DFL, so a Ctrl-C during interpreter
+    shutdown (torch's takes a few hundred ms) would kill a finished run silently with
+    status -2, and ``srpo run … && next`` would fail a run that completed. SIG_IGN is the
+    one disposition the finalizer leaves alone. SIGKILL still ends a hung exit.
+    """
+    for s in GracefulStop.SIGNALS:
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(s, signal.SIG_IGN)
