@@ -14,7 +14,7 @@ import learning_efficiency as le
 
 
 @pytest.mark.slow
-def test_small_experiment_produces_table_and_plot(tmp_path):
+def test_small_experiment_produces_table_and_plot(tmp_path, capsys):
     out = tmp_path / "eff"
     argv = [
         "--methods",
@@ -42,8 +42,17 @@ def test_small_experiment_produces_table_and_plot(tmp_path):
         assert [s for s, _ in run["eval_curve"]] == [0, 3, 6]
         assert len(run["effective_ratio"]) == 6
         assert {"accuracy/math", "accuracy/code"} <= set(run["final"])
+        assert set(run["steps_to_target_by_domain"]) == {"math", "code"}
     # DAPO over-samples: it generates at least as many rollouts per step as the others
     assert results["dapo"][0]["rollouts_curve"][-1] >= results["grpo"][0]["rollouts_curve"][-1]
     table = (out / "results.md").read_text()
     assert "| srpo |" in table and "steps to target" in table
     assert (out / "efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # --reuse keeps completed runs made with the same settings and retrains changed ones
+    capsys.readouterr()
+    assert le.main([*argv, "--reuse", "--methods", "grpo"]) == 0
+    assert "grpo            seed 0: reused" in capsys.readouterr().out
+    changed = [*argv, "--reuse", "--methods", "grpo", "--eval-every", "2"]
+    assert le.main(changed) == 0
+    assert "reused" not in capsys.readouterr().out
