@@ -59,6 +59,8 @@ def test_sampler_failure_checkpoints_last_step_then_resume_is_exact(
     assert "sampler FlakySampler failed: RuntimeError: inference server went away" in err
     assert "the checkpoint of step 5 is saved: rerun with --resume" in err
     assert harness.check_checkpoints(out) == [5]
+    end = harness.metrics(out)[-1]  # the log keeps why, not only that, the run failed
+    assert end["status"] == "failed" and "inference server went away" in end["error"]
     monkeypatch.delenv("FLAKY_SAMPLER_FAIL_AT")
     assert main(["run", str(path), "--resume"]) == 0, capsys.readouterr().err
     ref_metrics, ref_history = reference(workdir)
@@ -76,6 +78,7 @@ def test_fatal_logger_failure_checkpoints_then_resume_is_exact(
     assert "logger FlakyLogger failed on StepEnd: OSError: disk full" in err, err
     assert "the checkpoint of step 3 is saved" in err
     assert harness.metrics(out)[-1]["status"] == "failed"
+    assert "OSError: disk full" in harness.metrics(out)[-1]["error"]
     monkeypatch.delenv("FLAKY_LOGGER_FAIL_AT")
     assert main(["run", str(path), "--resume"]) == 0, capsys.readouterr().err
     ref_metrics, ref_history = reference(workdir)

@@ -46,9 +46,10 @@ class JsonlLogger(Logger):
         elif isinstance(event, ev.EpochEnd):
             self._write({"kind": "epoch", "epoch": event.epoch, **event.metrics})
         elif isinstance(event, ev.RunEnd):
-            self._write(
-                {"kind": "end", "step": event.step, "status": event.status, **event.summary}
-            )
+            row = {"kind": "end", "step": event.step, "status": event.status, **event.summary}
+            if event.error:
+                row["error"] = event.error
+            self._write(row)
 
     def state_dict(self) -> dict[str, Any]:
         """The file's length: a resume cuts what was written after the checkpoint, so the

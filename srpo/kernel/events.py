@@ -83,3 +83,4 @@ class RunEnd(Event):
     step: int
     status: str  # "completed", "interrupted", "failed"
     summary: Mapping[str, float] = field(default_factory=dict)
+    error: str = ""  # why a "failed" run failed: logs keep the reason, not only the status

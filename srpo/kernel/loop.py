@@ -179,7 +179,8 @@ class Kernel:
             self._note_checkpoint(self.failure)
         if status == "completed":
             self.last_eval = self.evaluate("after")
-        self.emit(ev.RunEnd(c.step, status, self._summary()))
+        error = "" if self.failure is None else str(self.failure)
+        self.emit(ev.RunEnd(c.step, status, self._summary(), error))
         if self.failure is not None:
             raise self.failure
         return status
@@ -271,7 +272,8 @@ class Kernel:
         if where is not None:
             self._note_checkpoint(error)
         with contextlib.suppress(Exception):  # a logger failing here must not hide `error`
-            self.emit(ev.RunEnd(self.counters.step, "failed", self._summary()))
+            reason = f"{type(error).__name__}: {error}"
+            self.emit(ev.RunEnd(self.counters.step, "failed", self._summary(), reason))
 
     # -- checkpoints ------------------------------------------------------------------------
 
