@@ -47,13 +47,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from srpo.kernel.signals import GracefulStop, ignore_exit_signals
 
     loaded = load_config(args.run_file, args.set or ())
-    kernel = build(
-        loaded,
-        overwrite=args.overwrite,
-        history_factory=open_history,
-        resume=args.resume,
-        allow_config_change=args.allow_config_change or (),
-    )
+    try:
+        kernel = build(
+            loaded,
+            overwrite=args.overwrite,
+            history_factory=open_history,
+            resume=args.resume,
+            allow_config_change=args.allow_config_change or (),
+        )
+    except KeyboardInterrupt:  # e.g. while the model loads: no step ran, no checkpoint
+        print("\nsrpo: interrupted while setting up the run; nothing was trained", file=sys.stderr)
+        return 130
     stop = GracefulStop(kernel)
     status = None
     try:
@@ -220,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SrpoError as e:
         return _fail(str(e), e.exit_code)
+    except KeyboardInterrupt:  # outside a training run's own handler: exit quietly
+        print("\nsrpo: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

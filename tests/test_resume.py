@@ -188,3 +188,22 @@ def test_signal_while_a_completed_run_exits_is_exit_0_not_a_silent_death(workdir
     assert code == 0, err[-2000:]
     assert "Traceback" not in err
     assert harness.metrics(out)[-1]["status"] == "completed"
+
+
+def test_sigint_while_setting_up_exits_130_without_a_traceback(workdir, quick):
+    """Ctrl-C while the model loads (before the kernel's handler exists) is a clean 130."""
+    import signal
+    import time
+
+    out = workdir / "setup-int"
+    c = {**quick, "run": {**quick["run"], "output_dir": str(out)}}
+    path = harness.write(c, workdir / "setup-int.yaml")
+    proc = harness.start(path)
+    time.sleep(1.5)  # past interpreter start-up; imports and loading take several seconds
+    proc.send_signal(signal.SIGINT)
+    code, _, err = harness.finish(proc)
+    assert code == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    assert "interrupted" in err
+    if out.exists():  # interrupted after the run directory was written: still consistent
+        harness.check_checkpoints(out)
