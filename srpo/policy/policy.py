@@ -213,7 +213,10 @@ class Policy:
         reuse_logp = self.cfg.ppo_epochs == 1 and len(minis) == 1
         old_logp = None if reuse_logp else self._old_logprobs(batch)
         ref_logp = self._ref_logprobs(batch) if self.ref_model is not None else None
-        sums: dict[str, float] = {}
+        # Stats accumulate as float64 device tensors and reach the host once, at the end:
+        # a float() per micro-batch would stall a GPU's queue every micro-batch. Counts
+        # (tokens, shares) come from the mask, which lives on the host.
+        sums: dict[str, Any] = {}
         weights: dict[str, float] = {}
         kw = self._loss_kwargs()
         seq_level = self.algo.aggregation != "token-mean"
@@ -225,7 +228,8 @@ class Policy:
                 self.optimizer.zero_grad(set_to_none=True)
                 for rows in micro:
                     logp, entropy = self.response_logprobs(self.model, batch, rows, True)
-                    m = mask[rows].to(self.device)
+                    m_host = mask[rows]
+                    m = m_host.to(self.device)
                     old = logp.detach() if old_logp is None else old_logp[rows]
                     out = self.loss_fn(
                         scores.reward[rows].to(self.device),
@@ -236,17 +240,18 @@ class Policy:
                         None if ref_logp is None else ref_logp[rows],
                         **kw,
                     )
-                    share = float((m.any(1) if seq_level else m).sum()) / max(denom, 1.0)
+                    share = float((m_host.any(1) if seq_level else m_host).sum()) / max(denom, 1.0)
                     (out.loss * share).backward()
-                    tokens = float(m.sum())
-                    stats = {k: float(v) for k, v in out.stats.items()}
-                    stats["loss"] = float(out.loss.detach())
+                    tokens = float(m_host.sum())
+                    stats = {k: v.detach() for k, v in out.stats.items()}
+                    stats["loss"] = out.loss.detach()
                     if entropy is not None and tokens:
-                        stats["entropy"] = float((entropy * m).sum() / tokens)
+                        stats["entropy"] = (entropy * m).sum() / tokens
                     b = batch.behaviour_logp[rows].to(self.device)
                     if tokens:
-                        stats["behaviour_logp_gap"] = float(((old - b).abs() * m).sum() / tokens)
+                        stats["behaviour_logp_gap"] = ((old - b).abs() * m).sum() / tokens
                     for k, v in stats.items():
+                        v = v.to(torch.float64)
                         if k in ("tokens", "sequences"):
                             sums[k] = sums.get(k, 0.0) + v
                             continue
@@ -255,7 +260,12 @@ class Policy:
                 grad_norm = self._clip_and_step()
                 sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
                 weights["grad_norm"] = weights.get("grad_norm", 0.0) + 1.0
-        metrics = {k: v / weights[k] if k in weights else v for k, v in sums.items()}
+        on_device = [k for k, v in sums.items() if isinstance(v, torch.Tensor)]
+        host = dict(sums)  # one device-to-host copy per update, not one per micro-batch stat
+        if on_device:
+            values = torch.stack([sums[k] for k in on_device]).tolist()
+            host.update(zip(on_device, values, strict=True))
+        metrics = {k: v / weights[k] if k in weights else v for k, v in host.items()}
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         self.model.eval()
         return metrics
