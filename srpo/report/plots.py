@@ -241,6 +241,7 @@ def plot_dataset(runs: Sequence[Run], out: Path, name: str) -> str | None:
         def col(key: str, rows: list[dict[str, Any]] = r.epochs) -> np.ndarray:
             return np.asarray([float(row.get(key) or 0.0) for row in rows])
 
+        resampled = any(col(c).any() for c in cats)  # else a curriculum without HR
         bottom = np.zeros(ep.size)
         for key, color in (*KEPT, READMITTED):
             v = col(key)
@@ -255,7 +256,8 @@ def plot_dataset(runs: Sequence[Run], out: Path, name: str) -> str | None:
             ax.plot(ep, size, color="black", marker="o", linewidth=1.4, label="next epoch size")
         ax.axhline(0, color="black", linewidth=0.6)
         ax.margins(y=0.08)
-        ax.set_title(f"{r.name}: dataset per epoch (history resampling)", fontsize=10, loc="left")
+        what = "dataset per epoch" + (" (history resampling)" if resampled else "")
+        ax.set_title(f"{r.name}: {what}", fontsize=10, loc="left")
         ax.set_ylabel("prompts")
         ax.set_xticks(ep)
         ax.grid(True, axis="y", alpha=0.3, linewidth=0.6)
