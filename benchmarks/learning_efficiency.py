@@ -10,8 +10,8 @@ run evaluates held-out greedy accuracy (math + code) every ``--eval-every`` step
 per method (mean ± std over seeds): optimizer steps and generated rollouts to first reach the
 target accuracy (also per domain), final accuracy per domain, and the effective-sample ratio
 (share of groups with non-zero advantage). ``--reuse`` keeps completed runs made with the same
-settings, so an interrupted experiment continues where it stopped. Writes ``OUT/results.md``, ``OUT/results.json`` and
-``OUT/efficiency.png``.
+settings, so an interrupted experiment continues where it stopped. Writes ``OUT/results.md``,
+``OUT/results.json`` and ``OUT/efficiency.png``.
 """
 
 from __future__ import annotations
@@ -202,11 +202,10 @@ def plot(results: dict, path: Path, target: float) -> None:
                     ax.plot(*zip(*r["eval_curve_by_domain"][d], strict=True), **seed_style)
         # thick: the mean over seeds (runs share the evaluation steps)
         xs = [x for x, _ in runs[0]["eval_curve"]]
-        acc_steps.plot(xs, _mean([[y for _, y in r["eval_curve"]] for r in runs]), **mean_style)
+        mean_acc = _mean([[y for _, y in r["eval_curve"]] for r in runs])
+        acc_steps.plot(xs, mean_acc, **mean_style)
         mean_rollouts = _mean([[([0.0] + r["rollouts_curve"])[x] for x in xs] for r in runs])
-        acc_rollouts.plot(
-            mean_rollouts, _mean([[y for _, y in r["eval_curve"]] for r in runs]), **mean_style
-        )
+        acc_rollouts.plot(mean_rollouts, mean_acc, **mean_style)
         eff.plot(_mean([r["effective_ratio"] for r in runs]), **mean_style)
         for d, ax in domain_axes.items():
             curves = [[y for _, y in r["eval_curve_by_domain"].get(d, [])] for r in runs]

@@ -11,6 +11,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -64,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         with stop:  # also around the clean-up: a signal there is recorded, not a traceback
             try:
                 status = kernel.run()
+                stop.completed = status == "completed"
             finally:
                 close_roles(kernel)
                 if kernel.history is not None:
@@ -77,9 +79,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if getattr(args, "owns_process", False):
             ignore_exit_signals()
     if status == "completed":
-        if stop.exit_code is not None:
+        if stop.signum is not None:
             print(
-                f"srpo: {stop.target.stop_requested} arrived after the run completed; "
+                f"srpo: {signal.Signals(stop.signum).name} arrived after the run completed; "
                 "nothing was lost",
                 file=sys.stderr,
             )

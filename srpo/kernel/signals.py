@@ -57,6 +57,7 @@ class GracefulStop:
     def __init__(self, target: Any) -> None:
         self.target = target
         self.signum: int | None = None
+        self.completed = False  # set when the run completed: a signal then only ends clean-up
         self._previous: dict[int, Any] = {}
 
     @property
@@ -68,8 +69,10 @@ class GracefulStop:
         name = signal.Signals(signum).name
         if self.signum is not None:
             print(f"\nsrpo: second {name}: exiting now", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
+            os._exit(0 if self.completed else 128 + signum)
         self.signum = signum
+        if self.completed:  # only clean-up is left and everything is already durable
+            return
         self.target.stop_requested = name
         print(
             f"\nsrpo: {name}: finishing the current step, then checkpointing "
