@@ -47,6 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from srpo.kernel.history_hook import open_history
     from srpo.kernel.signals import GracefulStop, ignore_exit_signals
 
+    owns_process = getattr(args, "owns_process", False)
     loaded = load_config(args.run_file, args.set or ())
     try:
         kernel = build(
@@ -57,9 +58,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             allow_config_change=args.allow_config_change or (),
         )
     except KeyboardInterrupt:  # e.g. while the model loads: no step ran, no checkpoint
+        if owns_process:
+            ignore_exit_signals()
         print("\nsrpo: interrupted while setting up the run; nothing was trained", file=sys.stderr)
         return 130
-    stop = GracefulStop(kernel)
+    # When this is the process, the handler is swapped for SIG_IGN in one step at the end
+    # (never back to SIG_DFL first), so a late signal cannot kill a run that completed.
+    stop = GracefulStop(kernel, ignore_after=owns_process)
     status = None
     try:
         with stop:  # also around the clean-up: a signal there is recorded, not a traceback
@@ -75,9 +80,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # only without our handler (not the main thread)
         print("srpo: interrupted", file=sys.stderr)
         return 130
-    finally:
-        if getattr(args, "owns_process", False):
-            ignore_exit_signals()
     if status == "completed":
         if stop.signum is not None:
             print(

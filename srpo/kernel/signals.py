@@ -49,13 +49,17 @@ def fault_point(name: str) -> None:
 class GracefulStop:
     """Turns the first SIGINT/SIGTERM into a stop request on ``target.stop_requested``.
 
-    Used as a context manager around ``Kernel.run``; restores the previous handlers.
+    Used as a context manager around ``Kernel.run`` and its clean-up. On exit it restores
+    the previous handlers, or, with ``ignore_after=True`` (the process is only going to
+    exit), swaps its own handler straight for SIG_IGN: restoring first would open a window
+    in which a late SIGTERM meets SIG_DFL and kills a finished run (seen in CI).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, target: Any) -> None:
+    def __init__(self, target: Any, *, ignore_after: bool = False) -> None:
         self.target = target
+        self.ignore_after = ignore_after
         self.signum: int | None = None
         self.completed = False  # set when the run completed: a signal then only ends clean-up
         self._previous: dict[int, Any] = {}
@@ -89,7 +93,7 @@ class GracefulStop:
 
     def __exit__(self, *exc: object) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_IGN if self.ignore_after else handler)
 
 
 def ignore_exit_signals() -> None:
