@@ -169,11 +169,13 @@ def test_verifier_crash_is_a_score(monkeypatch):
 
 def test_parallel_batch_is_faster_than_serial(verifier):
     ref = {"fn_name": "f", "tests": ["assert f(2) == 4"]}
-    sleepy = block("import time\ntime.sleep(0.3)\ndef f(x):\n    return x * x")
+    sleepy = block("import time\ntime.sleep(1.0)\ndef f(x):\n    return x * x")
     t = time.monotonic()
     s = verifier.score([P(ref)] * 4, [sleepy] * 4)
     assert all(x.correct for x in s)
-    assert time.monotonic() - t < 4 * 0.3 + 0.3  # two at a time, not one
+    # two at a time take ~2 s; one at a time could not finish under 4 s. The 1.5 s between
+    # is room for sandbox start-up on a loaded 2-core CI machine, not a speed target.
+    assert time.monotonic() - t < 4 * 1.0 - 0.5
 
 
 def test_remote_backend_against_local_server():

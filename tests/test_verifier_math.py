@@ -51,13 +51,19 @@ def test_fast_path():
     assert fast_compare("x^2", "x**2") is None  # sympy decides
 
 
-def test_fast_path_is_fast(verifier):
-    n = 5000
-    t = time.perf_counter()
-    s = verifier.score([P("579")] * n, ["thus \\boxed{579}"] * n)
-    per = (time.perf_counter() - t) / n
-    assert all(x.correct for x in s)
-    assert per < 200e-6, per
+def test_plain_answers_never_reach_the_sympy_workers(verifier, monkeypatch):
+    """The common case (a number, equal or not) is decided in-process; its speed against
+    math-verify is measured in benchmarks/bench_math_verifier.py, not here."""
+
+    def no_slow_path(gold: str, pred: str) -> dict:
+        raise AssertionError(f"slow path for {gold!r} vs {pred!r}")
+
+    monkeypatch.setattr(verifier, "_slow", no_slow_path)
+    golds = ["579", "1000", "-3", "0.5"]
+    preds = ["thus \\boxed{579}", "\\boxed{1,000}", "\\boxed{-4}", "\\boxed{0.50}"]
+    s = verifier.score([P(g) for g in golds], preds)
+    assert [x.correct for x in s] == [True, True, False, True]
+    assert all(x.error is None for x in s)
 
 
 @pytest.mark.parametrize(
@@ -108,7 +114,7 @@ def test_no_answer_and_pattern():
 def test_hang_is_bounded(verifier):
     t = time.monotonic()
     (s,) = verifier.score([P("2")], ["\\boxed{9^{9^{9^{9}}}}"])
-    assert time.monotonic() - t < TIMEOUT + 0.5
+    assert time.monotonic() - t < TIMEOUT + 1.5  # bounded; the slack is CI load
     assert s.reward == pytest.approx(0.1) and not s.correct and s.error
 
 
@@ -125,7 +131,7 @@ def test_hard_kill_when_signals_do_not_reach(monkeypatch):
         v.score([P("1")], ["\\boxed{x^2}"])  # warm the import caches of sympy
         t = time.monotonic()
         (s,) = v.score([P("2")], ["\\boxed{9^{9^{9}}}"])
-        assert time.monotonic() - t < 1.0
+        assert time.monotonic() - t < 0.5 + 1.5  # bounded (unbounded: never returns)
         assert s.error and "timeout" in s.error
         slot = v._slots.get()  # type: ignore[union-attr]
         v._slots.put(slot)  # type: ignore[union-attr]
