@@ -41,13 +41,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Train; exit 0 when complete, 130/143 after SIGINT/SIGTERM (checkpointed), 1 when a
     plugin failed at run time (checkpointed when possible), 2 for bad input."""
+    from srpo.kernel.signals import GracefulStop, exit_at_once_while_setting_up
+
+    owns_process = getattr(args, "owns_process", False)
+    if owns_process:  # before the heavy imports: a Ctrl-C from here on is a clean 130
+        exit_at_once_while_setting_up()
     from srpo.config import load_config
     from srpo.errors import PluginError
     from srpo.kernel.build import build, close_roles
     from srpo.kernel.history_hook import open_history
-    from srpo.kernel.signals import GracefulStop, ignore_exit_signals
 
-    owns_process = getattr(args, "owns_process", False)
     loaded = load_config(args.run_file, args.set or ())
     try:
         kernel = build(
@@ -57,10 +60,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             resume=args.resume,
             allow_config_change=args.allow_config_change or (),
         )
-    except KeyboardInterrupt:  # e.g. while the model loads: no step ran, no checkpoint
-        if owns_process:
-            ignore_exit_signals()
-        print("\nsrpo: interrupted while setting up the run; nothing was trained", file=sys.stderr)
+    except KeyboardInterrupt:  # in-process callers only (the process exits in the handler)
+        print("\nsrpo: interrupted while setting up the run: nothing was trained", file=sys.stderr)
         return 130
     # When this is the process, the handler is swapped for SIG_IGN in one step at the end
     # (never back to SIG_DFL first), so a late signal cannot kill a run that completed.

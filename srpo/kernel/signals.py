@@ -5,7 +5,8 @@ and the history store, and the process exits 130 (SIGINT) or 143 (SIGTERM). A se
 SIGINT exits at once: checkpoints are published by one atomic rename and the store commits
 step-aligned, so dying anywhere leaves the newest complete checkpoint usable. A signal
 that arrives after the run completed (during clean-up or interpreter shutdown) changes
-nothing: the process exits 0.
+nothing: the process exits 0. Before the kernel exists (imports, model loading) a signal
+exits at once with 130/143 and one line.
 
 ``SRPO_FAULT_AT=NAME[:N]`` makes the process SIGKILL itself the N-th time (default 1st) it
 reaches the fault point NAME, so crash tests can hit each phase (generation, update,
@@ -96,14 +97,25 @@ class GracefulStop:
             signal.signal(s, signal.SIG_IGN if self.ignore_after else handler)
 
 
-def ignore_exit_signals() -> None:
-    """Ignore SIGINT/SIGTERM from here on: the run is closed and the process only exits.
+def exit_at_once_while_setting_up() -> None:
+    """Until a ``GracefulStop`` takes over, SIGINT/SIGTERM print one line and exit 130/143.
 
-    Why: Python's finalizer resets handlers to SIG_DFL, so a Ctrl-C during interpreter
-    shutdown (torch's takes a few hundred ms) would kill a finished run silently with
-    status -2, and ``srpo run … && next`` would fail a run that completed. SIG_IGN is the
-    one disposition the finalizer leaves alone. SIGKILL still ends a hung exit.
+    Why not Python's KeyboardInterrupt: setting up imports torch and transformers and loads
+    the model, and there a KeyboardInterrupt can be swallowed by library code (the run then
+    trains to completion and exits 0 as if no signal came: seen in CI), or be raised inside
+    code a C extension runs with ``PyRun_String``, after which CPython re-kills itself with
+    SIGINT at exit (status -2) even though srpo caught it. Nothing durable is half-written
+    while setting up that a kill -9 would not also leave (the run directory and the history
+    store are crash-safe by design), so exiting at once is safe.
     """
+
+    def exit_now(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        sys.stdout.flush()
+        print(f"\nsrpo: {name} while setting up the run: nothing was trained", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
     for s in GracefulStop.SIGNALS:
         with contextlib.suppress(ValueError):  # not the main thread
-            signal.signal(s, signal.SIG_IGN)
+            signal.signal(s, exit_now)
