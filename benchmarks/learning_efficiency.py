@@ -3,6 +3,7 @@
     ./dev python benchmarks/learning_efficiency.py                 # 5 methods x 3 seeds
     ./dev python benchmarks/learning_efficiency.py --seeds 0 --steps 20 --methods grpo srpo
     ./dev python benchmarks/learning_efficiency.py --reuse --seeds 0 1 2 3   # add a seed
+    ./dev python benchmarks/learning_efficiency.py --train-limit 128  # several epochs
 
 Every method uses the same model, data, group size, batch, optimizer and budget; only the
 curriculum differs (and DAPO's over-sampling, which it pays for in generated rollouts). Each
@@ -67,6 +68,8 @@ def settings(method: str, seed: int, out: Path, args: argparse.Namespace) -> lis
     ]
     if args.eval_prompts:
         sets.append(f"eval.max_prompts={args.eval_prompts}")
+    if args.train_limit:
+        sets += [f"datasets.{d}.limit={args.train_limit}" for d in DOMAINS]
     return sets + list(METHODS[method][2])
 
 
@@ -147,7 +150,8 @@ def fmt(values: list[float | None], digits: int = 0) -> str:
 def report(results: dict, args: argparse.Namespace) -> str:
     lines = [
         f"Target: held-out greedy accuracy ≥ {args.target:.0%} (math + code), evaluated every "
-        f"{args.eval_every} steps; budget {args.steps} steps; seeds {args.seeds}. "
+        f"{args.eval_every} steps; budget {args.steps} steps; seeds {args.seeds}; "
+        f"training prompts per domain: {args.train_limit or 'as in the run files'}. "
         "Mean ± std over seeds; the math and code columns apply the same target to each "
         "domain alone.",
         "",
@@ -240,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--eval-every", type=int, default=4)
     ap.add_argument("--eval-prompts", type=int, default=0, help="cap held-out prompts (0: all)")
+    ap.add_argument(
+        "--train-limit",
+        type=int,
+        default=0,
+        help="training prompts per domain (0: the run files' 512). Fewer prompts mean more "
+        "epochs in the same budget, so epoch-level curricula (history resampling) act more",
+    )
     ap.add_argument("--target", type=float, default=0.85)
     ap.add_argument("--out", type=Path, default=Path("runs/efficiency"))
     ap.add_argument(

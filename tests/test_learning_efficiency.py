@@ -31,6 +31,8 @@ def test_small_experiment_produces_table_and_plot(tmp_path, capsys):
         "16",
         "--target",
         "0.5",
+        "--train-limit",
+        "64",
         "--out",
         str(out),
     ]
@@ -45,6 +47,10 @@ def test_small_experiment_produces_table_and_plot(tmp_path, capsys):
         assert set(run["steps_to_target_by_domain"]) == {"math", "code"}
     # DAPO over-samples: it generates at least as many rollouts per step as the others
     assert results["dapo"][0]["rollouts_curve"][-1] >= results["grpo"][0]["rollouts_curve"][-1]
+    import yaml
+
+    used = yaml.safe_load((out / "srpo-seed0" / "config.yaml").read_text())
+    assert {d: used["datasets"][d]["limit"] for d in ("math", "code")} == {"math": 64, "code": 64}
     table = (out / "results.md").read_text()
     assert "| srpo |" in table and "steps to target" in table
     assert (out / "efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
