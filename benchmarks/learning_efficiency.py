@@ -43,6 +43,18 @@ METHODS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "SRPO with the stage switch after 8 steps instead of one epoch (16 steps)",
         ("curriculum.options.switch={after_steps: 8}",),
     ),
+    # not in the default set: HR with a floor, for budgets of several epochs, where plain HR
+    # shrinks the pool to a handful of hard prompts and forgets the rest
+    "hr_floor": (
+        "hr_only.yaml",
+        "history resampling with a floor of 64 prompts (dropped ones re-admitted, oldest first)",
+        ("curriculum.options.min_dataset_size=64",),
+    ),
+    "srpo_floor": (
+        "plugins.yaml",
+        "SRPO with a floor of 64 prompts on history resampling",
+        ("curriculum.options.hr={window: 1, min_dataset_size: 64}",),
+    ),
 }
 DEFAULT_METHODS = ["grpo", "dapo", "srpo", "hr_only", "two_stage_only"]
 DOMAINS = ("math", "code")
@@ -63,6 +75,7 @@ def settings(method: str, seed: int, out: Path, args: argparse.Namespace) -> lis
         f"run.output_dir={out}",
         f"run.seed={seed}",
         f"run.max_steps={args.steps}",
+        f"run.epochs={args.steps}",  # an epoch has >= 1 step: the step budget binds, not epochs
         f"eval.every={args.eval_every}",
         "loggers=[{name: jsonl}]",
     ]
@@ -121,7 +134,9 @@ def summarize(run_dir: Path, target: float) -> dict:
         },
         "rollouts_to_target": rollouts_at,
         "final": {k: v for k, v in last.items() if k.startswith("accuracy")},
-        "effective_ratio": [steps[s]["effective_ratio"] for s in sorted(steps)],
+        # None for a step that trained no group (DAPO when the rest of an epoch is all
+        # zero-variance): the ratio of trained groups is undefined there, not 0
+        "effective_ratio": [steps[s].get("effective_ratio") for s in sorted(steps)],
         "eval_curve": [(e["step"], e["accuracy"]) for e in evals],
         "eval_curve_by_domain": {
             d: [(e["step"], e[f"accuracy/{d}"]) for e in evals if f"accuracy/{d}" in e]
@@ -161,7 +176,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
     ]
     for method, runs in results.items():
         fin = [r["final"] for r in runs]
-        eff = [statistics.fmean(r["effective_ratio"]) for r in runs]
+        eff = [statistics.fmean(_defined(r["effective_ratio"])) for r in runs]
         lines.append(
             f"| {method} | {len(runs)} | {fmt([r['steps_to_target'] for r in runs])} | "
             f"{fmt([r['rollouts_to_target'] for r in runs])} | "
@@ -174,9 +189,17 @@ def report(results: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mean(rows: list[list[float]]) -> list[float]:
-    """Element-wise mean of equally long curves (truncated to the shortest)."""
-    return [statistics.fmean(col) for col in zip(*rows, strict=False)]
+def _defined(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+def _mean(rows: list[list[float | None]]) -> list[float]:
+    """Element-wise mean of equally long curves (truncated to the shortest); a point no
+    run defines is NaN, which the plot leaves as a gap."""
+    return [
+        statistics.fmean(_defined(col)) if _defined(col) else float("nan")
+        for col in zip(*rows, strict=False)
+    ]
 
 
 def plot(results: dict, path: Path, target: float) -> None:

@@ -3,7 +3,9 @@ CLI, and the table, the JSON and the overlay plot are produced."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -62,3 +64,25 @@ def test_small_experiment_produces_table_and_plot(tmp_path, capsys):
     changed = [*argv, "--reuse", "--methods", "grpo", "--eval-every", "2"]
     assert le.main(changed) == 0
     assert "reused" not in capsys.readouterr().out
+
+
+def test_a_step_that_trained_no_group_leaves_the_effective_ratio_undefined(tmp_path):
+    """DAPO at the end of an epoch whose remaining prompts all have zero-variance groups
+    generates rollouts but trains none; its step row has no effective ratio (seen in a
+    multi-epoch run). The summary keeps the step, the means skip it, the plot shows a gap."""
+    rows = [
+        {"kind": "eval", "step": 0, "accuracy": 0.5, "accuracy/math": 0.5},
+        {"kind": "step", "step": 0, "rollouts_total": 256.0, "effective_ratio": 0.5},
+        {"kind": "step", "step": 1, "rollouts_total": 472.0, "rollouts": 0.0},
+        {"kind": "eval", "step": 2, "accuracy": 0.9, "accuracy/math": 0.9},
+        {"kind": "end", "step": 2, "status": "completed"},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = le.summarize(tmp_path, target=0.85)
+    assert s["effective_ratio"] == [0.5, None]
+    assert s["steps_to_target"] == 2 and s["rollouts_to_target"] == 472.0
+    assert le._mean([[0.5, None], [0.7, None]])[0] == pytest.approx(0.6)
+    assert math.isnan(le._mean([[0.5, None], [0.7, None]])[1])
+    args = argparse.Namespace(target=0.85, eval_every=2, steps=2, seeds=[0], train_limit=0)
+    table = le.report({"dapo": [s]}, args)
+    assert "| dapo | 1 |" in table and "0.50" in table
