@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from srpo.report import load_run
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "tiny"
 
@@ -62,11 +64,10 @@ DOMAINS = ("math", "code")
 
 def completed(run_dir: Path) -> bool:
     """True when ``run_dir`` holds a run that ended with status "completed"."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
+    if not (run_dir / "metrics.jsonl").is_file():
         return False
-    lines = path.read_text().splitlines()
-    return bool(lines) and json.loads(lines[-1]).get("status") == "completed"
+    end = load_run(run_dir).end
+    return end is not None and end.get("status") == "completed"
 
 
 def settings(method: str, seed: int, out: Path, args: argparse.Namespace) -> list[str]:
@@ -119,9 +120,9 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> Path:
 
 
 def summarize(run_dir: Path, target: float) -> dict:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = {r["step"]: r for r in rows if r["kind"] == "step"}
-    evals = [r for r in rows if r["kind"] == "eval"]
+    run = load_run(run_dir)  # the report's reader: resumed steps deduplicated, torn lines skipped
+    steps = {r["step"]: r for r in run.steps}
+    evals = run.evals
     hit_step = first_reach(evals, "accuracy", target)
     rollouts_at = None
     if hit_step is not None:
@@ -196,10 +197,8 @@ def _defined(values: list[float | None]) -> list[float]:
 def _mean(rows: list[list[float | None]]) -> list[float]:
     """Element-wise mean of equally long curves (truncated to the shortest); a point no
     run defines is NaN, which the plot leaves as a gap."""
-    return [
-        statistics.fmean(_defined(col)) if _defined(col) else float("nan")
-        for col in zip(*rows, strict=False)
-    ]
+    defined = [_defined(list(col)) for col in zip(*rows, strict=False)]
+    return [statistics.fmean(col) if col else float("nan") for col in defined]
 
 
 def plot(results: dict, path: Path, target: float) -> None:

@@ -78,9 +78,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                     kernel.history.close()
     except PluginError as e:
         return _fail(str(e), 1)
-    except KeyboardInterrupt:  # only without our handler (not the main thread)
-        print("srpo: interrupted", file=sys.stderr)
-        return 130
     if status == "completed":
         if stop.signum is not None:
             print(

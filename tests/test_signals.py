@@ -15,7 +15,7 @@ import pytest
 
 from srpo.kernel.signals import GracefulStop
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = GracefulStop.SIGNALS
 
 
 @pytest.fixture
