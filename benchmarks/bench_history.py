@@ -31,11 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from srpo.history import HistoryStore
+from srpo.history.synth import PromptPool, epoch_batches
 
-from srpo.history import HistoryStore  # noqa: E402
-from srpo.history.synth import PromptPool, epoch_batches  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GROUP = 16
 BATCH = 16384

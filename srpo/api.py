@@ -5,6 +5,11 @@ A plugin is a class registered under an entry-point group (``srpo.samplers``,
 pydantic model in ``Options`` (validated against the run file before anything runs) and is
 constructed as ``cls(options, context)``. Stateful plugins round-trip through
 ``state_dict()`` / ``load_state_dict()`` so a run can be checkpointed and resumed.
+
+This module is the whole plugin contract: everything a plugin may use — the role bases,
+the data types, the events, the errors and the warnings channel, ``PolicyHandle`` (what a
+sampler may use of the policy), ``left_pad`` and ``group_has_signal`` — is importable from
+here. Nothing in ``srpo.kernel`` is.
 """
 
 from __future__ import annotations
@@ -13,33 +18,53 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from srpo.types import Prompt, PromptSummary, RolloutBatch, Score, Scores, StateDict
-
-if TYPE_CHECKING:
-    from srpo.kernel.events import Event
+from srpo import events
+from srpo.algo.groups import group_has_signal
+from srpo.errors import PluginError, SrpoError, SrpoWarning, warn
+from srpo.events import Event
+from srpo.types import (
+    Prompt,
+    PromptSummary,
+    RolloutBatch,
+    Score,
+    Scores,
+    StateDict,
+    left_pad,
+)
 
 #: Bumped when a contract below changes incompatibly; plugins may declare the version they
 #: were written for in ``api_version`` and are refused at load time on a mismatch.
 PLUGIN_API_VERSION = 1
 
-ROLES = ("sampler", "verifier", "curriculum", "logger")
-
-
-class NoOptions(BaseModel):
-    """Options model of a plugin that takes none: any key given is an error."""
-
-    model_config = ConfigDict(extra="forbid")
-
 
 class PluginOptions(BaseModel):
-    """Base for plugin option models: unknown keys are errors, so typos never pass silently."""
+    """Base for plugin option models: unknown keys are errors, so typos never pass silently.
+    A plugin that takes no options keeps this model as is (any key given is an error)."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class PolicyHandle(Protocol):
+    """What a sampler may use of the policy: its model, tokenizer and device, and the one way
+    prompts become token ids (the chat template), so sampler and trainer agree on them."""
+
+    @property
+    def model(self) -> Any: ...  # a transformers causal LM (shares weights with the trainer)
+
+    @property
+    def tokenizer(self) -> Any: ...  # its transformers tokenizer (pad token always set)
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def encode_prompt(self, prompt: str | Sequence[Mapping[str, str]]) -> list[int]:
+        """Prompt token ids: text or chat messages, through the chat template if any."""
+        ...
 
 
 @dataclass
@@ -50,21 +75,40 @@ class PluginContext:
     seed: int
     datasets: Mapping[str, Sequence[Prompt]] = field(default_factory=dict)
     tokenizer: Any = None
-    policy: Any = None  # srpo.policy.Policy; samplers read its model and tokenizer
+    policy: PolicyHandle | None = None
     config: Mapping[str, Any] = field(default_factory=dict)  # the resolved run file
     num_workers: int = 1
+
+
+def validate_override(options: BaseModel, changes: Mapping[str, Any], what: str) -> BaseModel:
+    """``options`` with ``changes`` applied, validated by the same model; a one-line
+    ``PluginError`` naming ``what.key`` when a change is invalid."""
+    try:
+        return type(options).model_validate({**options.model_dump(), **changes})
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in (what, *err["loc"]))
+        raise PluginError(f"{where}: {err['msg']}") from None
 
 
 class Plugin:
     """Common base: options, name, state. Subclasses set ``Options`` to a pydantic model."""
 
     role: ClassVar[str] = ""
-    Options: ClassVar[type[BaseModel]] = NoOptions
+    Options: ClassVar[type[BaseModel]] = PluginOptions
     api_version: ClassVar[int] = PLUGIN_API_VERSION
 
     def __init__(self, options: BaseModel, context: PluginContext) -> None:
         self.options = options
         self.context = context
+        self._run_file_options = options
+
+    def override(self, changes: Mapping[str, Any]) -> None:
+        """Take a curriculum stage's option changes on top of the run file's options
+        (``{}`` restores them). Raises ``PluginError`` for an invalid change. Plugins that
+        derive state from their options extend this (and call it first)."""
+        base = getattr(self, "_run_file_options", self.options)
+        self.options = validate_override(base, changes, f"{self.role}.options")
 
     def state_dict(self) -> StateDict:
         """State needed to resume exactly; empty for stateless plugins."""
@@ -84,9 +128,12 @@ class Sampler(Plugin, ABC):
 
     @abstractmethod
     def generate(self, prompts: Sequence[Prompt], n: int, *, greedy: bool = False) -> RolloutBatch:
-        """``n`` rollouts per prompt; ``greedy`` is used for evaluation (n is then 1)."""
+        """``n`` rollouts per prompt; ``greedy`` is used for evaluation (n is then 1).
 
-    def sync(self, policy: Any) -> None:
+        The batch says the temperature it was sampled at (``RolloutBatch.temperature``; 0 for
+        greedy): the trainer computes its log-probs at that temperature."""
+
+    def sync(self, policy: PolicyHandle) -> None:
         """Make the sampler generate with the policy's current weights (after an update)."""
 
 
@@ -101,7 +148,8 @@ class Verifier(Plugin, ABC):
 
 
 class HistoryReader(Protocol):
-    """What curricula may ask of the history store at an epoch end."""
+    """What curricula may ask of the history store at an epoch end (valid during the
+    ``end_epoch`` call only: the kernel closes it afterwards)."""
 
     def epoch_summary(self, epochs: Sequence[int]) -> PromptSummary: ...
 
@@ -160,7 +208,7 @@ class Logger(Plugin, ABC):
 
     @abstractmethod
     def on_event(self, event: Event) -> None:
-        """Receive one event (see ``srpo.kernel.events``)."""
+        """Receive one event (see ``srpo.api.events``)."""
 
 
 ROLE_BASES: dict[str, type[Plugin]] = {
@@ -180,19 +228,29 @@ ENTRY_POINT_GROUPS: dict[str, str] = {
 __all__ = [
     "ENTRY_POINT_GROUPS",
     "PLUGIN_API_VERSION",
-    "ROLES",
     "ROLE_BASES",
     "Curriculum",
+    "Event",
     "HistoryReader",
     "Logger",
-    "NoOptions",
     "Plugin",
     "PluginContext",
+    "PluginError",
     "PluginOptions",
+    "PolicyHandle",
     "Prompt",
+    "PromptSummary",
     "RolloutBatch",
     "Sampler",
     "Score",
     "Scores",
+    "SrpoError",
+    "SrpoWarning",
+    "StateDict",
     "Verifier",
+    "events",
+    "group_has_signal",
+    "left_pad",
+    "validate_override",
+    "warn",
 ]

@@ -11,12 +11,15 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from srpo import __version__
-from srpo.errors import SrpoError
+from srpo.errors import SrpoError, SrpoWarning
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -77,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if kernel.history is not None:
                     kernel.history.close()
     except PluginError as e:
-        return _fail(str(e), 1)
+        return _fail(str(e), e.exit_code)
     if status == "completed":
         if stop.signum is not None:
             print(
@@ -212,6 +215,25 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Show srpo's warnings (``srpo.errors.warn``) as ``srpo: warning: ...`` lines on stderr,
+    not as Python's two-line ``file:line: SrpoWarning`` form; other warnings as usual."""
+    previous = warnings.showwarning
+
+    def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, SrpoWarning):
+            print(f"srpo: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            previous(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``srpo`` program. Called without ``argv`` it is the process (console script or
     ``python -m srpo.cli``) and may set process-wide signal dispositions at exit; with an
@@ -223,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _warnings_as_lines():
+            return int(args.func(args) or 0)
     except SrpoError as e:
         return _fail(str(e), e.exit_code)
     except KeyboardInterrupt:  # outside a training run's own handler: exit quietly

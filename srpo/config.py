@@ -66,14 +66,21 @@ class PolicySection(_Strict):
 
 
 class AlgorithmSection(_Strict):
+    """The loss and its shaping. ``advantage``, ``policy_loss``, ``kl_estimator`` and
+    ``aggregation`` name registered functions (``srpo.algo.registry``; a plugin module may
+    register more), checked once the plugins are loaded; the other loss fields map one to
+    one onto ``srpo.algo.LossConfig``."""
+
     group_size: int = Field(8, ge=1)
+    advantage: str = Field("grpo", description="advantage estimator: grpo, rloo, ...")
+    policy_loss: str = Field("ppo_clip", description="surrogate: ppo_clip, ...")
     clip_low: float = Field(0.2, ge=0, lt=1)
     clip_high: float = Field(0.2, ge=0)
     dual_clip: float | None = Field(None, gt=1)
     kl_coef: float = Field(0.0, ge=0)
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
-        "token-mean"
+    kl_estimator: str = Field("k3", description="k1, k2, k3, ...")
+    aggregation: str = Field(
+        "token-mean", description="token-mean, seq-mean-token-mean, seq-mean-token-sum-norm, ..."
     )
     norm_constant: float | None = Field(None, gt=0)
     std_normalize: bool = True
@@ -137,7 +144,6 @@ class LoadedConfig:
     config: RunConfig
     file: str
     lines: dict[tuple[str, ...], int] = field(default_factory=dict)
-    raw: dict[str, Any] = field(default_factory=dict)
 
     def error(self, path: Sequence[str | int], message: str) -> ConfigError:
         """A ConfigError located at the deepest known line along ``path``."""
@@ -311,7 +317,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> LoadedConfig
         cfg = RunConfig.model_validate(data)
     except ValidationError as err:
         raise format_validation_error(err, RunConfig, file, lines) from None
-    loaded = LoadedConfig(config=cfg, file=file, lines=lines, raw=data)
+    loaded = LoadedConfig(config=cfg, file=file, lines=lines)
     missing = sorted(set(cfg.datasets) - set(cfg.verifiers))
     if missing:
         raise loaded.error(
@@ -329,7 +335,3 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> LoadedConfig
 def resolve_path(loaded: LoadedConfig, p: Path) -> Path:
     """Model/data paths are relative to the run file."""
     return p if p.is_absolute() else (loaded.base_dir / p)
-
-
-def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
-    return cfg.model_dump(mode="json")

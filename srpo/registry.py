@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from srpo.api import ENTRY_POINT_GROUPS, PLUGIN_API_VERSION, ROLE_BASES, Plugin
-from srpo.errors import PluginError
+from srpo.errors import PluginStartError
 
 
 @dataclass(frozen=True)
@@ -82,11 +82,11 @@ def names(role: str) -> list[str]:
 
 
 def get(role: str, name: str) -> type[Plugin]:
-    """The plugin class, or a PluginError that says why not (and what was meant)."""
+    """The plugin class, or a PluginStartError that says why not (and what was meant)."""
     for info in discover():
         if info.role == role and info.name == name:
             if info.cls is None:
-                raise PluginError(
+                raise PluginStartError(
                     f"{role} plugin {name!r} ({info.target}, from "
                     f"{info.distribution}) is broken: {info.error}"
                 )
@@ -96,4 +96,4 @@ def get(role: str, name: str) -> type[Plugin]:
     hint = (
         f"did you mean {close[0]!r}?" if close else f"available: {', '.join(available) or 'none'}"
     )
-    raise PluginError(f"unknown {role} plugin {name!r} ({hint})")
+    raise PluginStartError(f"unknown {role} plugin {name!r} ({hint})")

@@ -42,6 +42,10 @@ class RolloutBatch:
     behaviour_logp: torch.Tensor  # [N, T] float32 log-probs of the sampling policy, 0 on pad
     truncated: torch.Tensor  # [N] bool: stopped by max_new_tokens, not by EOS
     response_text: list[str]  # [N] decoded responses (special tokens stripped)
+    # The temperature the rollouts were sampled at (0 for greedy). The trainer computes its
+    # log-probs at this same temperature, so importance ratios compare like with like; it is
+    # part of what a sampler returns because only the sampler knows it.
+    temperature: float
 
     @property
     def num_rollouts(self) -> int:
@@ -72,12 +76,16 @@ class RolloutBatch:
             behaviour_logp=self.behaviour_logp[rows],
             truncated=self.truncated[rows],
             response_text=[t for t, r in zip(self.response_text, rows.tolist(), strict=True) if r],
+            temperature=self.temperature,
         )
 
     @staticmethod
     def concat(batches: Sequence[RolloutBatch], pad_id: int) -> RolloutBatch:
         """Join batches (e.g. refill rounds of dynamic sampling) into one; repads to max T."""
         batches = [b for b in batches if b.num_rollouts > 0] or list(batches[:1])
+        temperatures = {b.temperature for b in batches}
+        if len(temperatures) > 1:
+            raise ValueError(f"cannot join rollouts sampled at temperatures {sorted(temperatures)}")
         T = max(int(b.response_ids.shape[1]) for b in batches)
 
         def pad(x: torch.Tensor, value: Any) -> torch.Tensor:
@@ -99,6 +107,7 @@ class RolloutBatch:
             behaviour_logp=torch.cat([pad(b.behaviour_logp, 0.0) for b in batches]),
             truncated=torch.cat([b.truncated for b in batches]),
             response_text=[t for b in batches for t in b.response_text],
+            temperature=batches[0].temperature,
         )
 
 
@@ -162,6 +171,22 @@ class Scores:
 
 
 StateDict = dict[str, Any]
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists → (ids [n, L], attention mask [n, L] int64), padded on the left.
+
+    Left padding puts every sequence's last token in the same column, so generation and the
+    response log-probs continue from one column for the whole batch.
+    """
+    n, width = len(seqs), max((len(s) for s in seqs), default=0)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, width - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
 
 
 @dataclass

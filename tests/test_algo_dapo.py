@@ -43,3 +43,36 @@ def test_overlong_options():
     assert OverlongOptions().filter is False and OverlongOptions().max_len is None
     with pytest.raises(pydantic.ValidationError, match="cache_len"):
         OverlongOptions(max_len=8, cache_len=9)
+
+
+def test_shaping_returns_new_scores_and_leaves_the_verifiers_alone():
+    """The overlong penalty is the algorithm's transform of the verifier's scores: reward
+    shaped, correctness untouched, the input ``Scores`` not edited in place."""
+    from srpo.algo import loss_mask, shape_scores
+    from srpo.types import Prompt, RolloutBatch, Scores
+
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    batch = RolloutBatch(
+        prompts=[Prompt(1, "math", "q", "1")],
+        group=torch.tensor([0, 0]),
+        sample=torch.tensor([0, 1]),
+        prompt_token_ids=[[1]],
+        response_ids=torch.ones(2, 4, dtype=torch.long),
+        response_mask=mask,
+        behaviour_logp=torch.zeros(2, 4),
+        truncated=torch.tensor([True, False]),
+        response_text=["a", "b"],
+        temperature=1.0,
+    )
+    scores = Scores(torch.tensor([1.0, 1.0]), torch.tensor([True, True]), [None, None])
+    shaped = shape_scores(OverlongOptions(max_len=4, cache_len=2), batch, scores)
+    assert shaped.reward.tolist() == [0.0, 1.0]  # length 4 = L_max: -1; length 2: free
+    assert shaped.correct.tolist() == [True, True]
+    assert shaped.breakdown["overlong_penalty"].tolist() == [-1.0, 0.0]
+    assert scores.reward.tolist() == [1.0, 1.0] and "overlong_penalty" not in scores.breakdown
+    assert shape_scores(OverlongOptions(), batch, scores) is scores  # off: untouched
+    assert loss_mask(OverlongOptions(), batch) is None
+    assert loss_mask(OverlongOptions(filter=True), batch).tolist() == [
+        [False] * 4,
+        mask[1].tolist(),
+    ]

@@ -7,16 +7,13 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "fault_helpers"))
-import harness
-from flaky_plugins import make_distribution
-
 from srpo.cli import main
+from tests.support import faults as harness
+from tests.support.flaky_plugins import make_distribution
 
 BAD = Path(__file__).parent / "bad_inputs"
 CASES = sorted((BAD / "runs").glob("*.yaml"))

@@ -27,7 +27,7 @@ verifiers:
 
 @pytest.fixture
 def good(tmp_path: Path) -> str:
-    from conftest import TINY
+    from tests.support.tiny import TINY
 
     return GOOD.format(
         out=tmp_path / "out", model=TINY / "model", data=TINY / "data" / "math_train.jsonl"
@@ -100,9 +100,9 @@ def test_good_file_validates(tmp_path, good, capsys):
             "algorithm.group_sise: unknown key (did you mean 'group_size'?)",
         ),
         (
-            lambda s: s + "algorithm:\n  aggregation: mean\n",
+            lambda s: s + "algorithm:\n  aggregation: [mean]\n",
             14,
-            "algorithm.aggregation: Input should be 'token-mean'",
+            "algorithm.aggregation: Input should be a valid string",
         ),
         (
             lambda s: s.replace("policy:\n  path: ", "policy:\n  pth: "),

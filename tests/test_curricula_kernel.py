@@ -6,10 +6,10 @@ from pathlib import Path
 
 from srpo_plugins.curricula.history_resampling import HistoryResamplingCurriculum as HR
 from srpo_plugins.curricula.two_stage import TwoStageCurriculum as TS
-from test_curricula_dynamic_sampling import G, dataset, run_kernel
 
+from srpo import events as ev
 from srpo.api import PluginContext
-from srpo.kernel import events as ev
+from tests.support.kernel import G, dataset, run_kernel
 
 
 def test_hr_in_the_kernel_drops_solved_prompts_each_epoch(tmp_path: Path):

@@ -9,9 +9,9 @@ from pathlib import Path
 import pydantic
 import pytest
 from srpo_plugins.curricula.two_stage import TwoStageCurriculum as TS
-from test_curricula_hr import G, Store, drain, prompts
 
 from srpo.api import PluginContext
+from tests.support.curricula import G, Store, drain, prompts
 
 
 def make(tmp_path: Path, n_math: int = 8, n_code: int = 8, seed: int = 0, **opts: object) -> TS:

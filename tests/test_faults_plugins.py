@@ -5,17 +5,14 @@ costs its samples their reward (counted in ``verifier_errors``), not the run."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "fault_helpers"))
-import harness
-from flaky_plugins import make_distribution
-
 from srpo import registry
 from srpo.cli import main
+from tests.support import faults as harness
+from tests.support.flaky_plugins import make_distribution
 
 pytestmark = pytest.mark.skipif(
     not (harness.MODEL / "config.json").exists(), reason="tiny model not built"

@@ -13,8 +13,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from srpo.errors import SrpoError, SrpoWarning
 from srpo.history import HistoryCorruptError, HistoryError, HistoryReader, HistoryStore
-from srpo.history.format import RECORD_COLUMNS, segment_files
+from srpo.history.manifest import segment_files
+from srpo.history.schema import BY_NAME, RECORD_COLUMNS
 from srpo.history.synth import PromptPool, epoch_batches
 
 warnings.filterwarnings("ignore", message="history store:")
@@ -272,7 +274,7 @@ def test_only_committed_is_visible_and_survives(tmp_path: Path) -> None:
     assert r.counts("epoch") == {0: 8}  # an open reader picks up new commits
     w.append(**{**rec, "step": 1})
     assert r.counts("epoch") == {0: 8}
-    with pytest.warns(UserWarning, match="uncommitted"):
+    with pytest.warns(SrpoWarning, match="uncommitted"):
         w.close()
     w = HistoryStore(tmp_path, block_records=3)
     assert w.committed_step == 0 and w.committed_records == 8
@@ -376,7 +378,7 @@ def test_bit_flip_is_reported_and_rest_readable(tmp_path: Path, where: str) -> N
         total = int(v.index["n"].sum())
         target = bh.columns["prompt_id"][4] + 5 if where == "payload" else bh.offset + 10
     _flip(seg, target)
-    with pytest.warns(UserWarning, match="history store"):
+    with pytest.warns(SrpoWarning, match="history store"):
         r = HistoryReader(tmp_path)
         got = read_all(r)
         summ = r.epoch_summary([0])
@@ -404,7 +406,7 @@ def test_truncated_sealed_segment(tmp_path: Path) -> None:
     victim = files[min(files) + 1]
     with open(victim, "r+b") as f:
         f.truncate(victim.stat().st_size // 2)
-    with pytest.warns(UserWarning) as rec:
+    with pytest.warns(SrpoWarning) as rec:
         r = HistoryReader(tmp_path)
     assert any("truncated" in str(w.message) for w in rec)
     probs = r.verify()
@@ -423,3 +425,72 @@ def test_reader_errors(tmp_path: Path) -> None:
         HistoryReader(tmp_path / "nope")
     with pytest.raises(NotAStoreError):
         HistoryReader(tmp_path)
+
+
+def test_errors_and_warnings_use_srpo_channels(tmp_path: Path) -> None:
+    """Store errors are user errors (exit code 2); its warnings go through srpo.errors.warn."""
+    from srpo.history import NotAStoreError
+
+    for cls in (HistoryError, HistoryCorruptError, NotAStoreError):
+        assert issubclass(cls, SrpoError) and cls.exit_code == 2
+    w = HistoryStore(tmp_path)
+    w.append(prompt_id=[1], epoch=0, step=0, sample=0, domain=0, reward=0, correct=0, length=1)
+    with pytest.warns(SrpoWarning, match="uncommitted") as rec:
+        w.close()
+    assert rec[0].filename == __file__  # points at the caller of close()
+
+
+def test_rollout_columns_are_what_append_takes(tmp_path: Path) -> None:
+    from srpo.history import FLAG_TRUNCATED, FLAG_VERIFIER_ERROR, rollout_columns
+    from srpo.types import Prompt, RolloutBatch, Scores
+
+    prompts = [
+        Prompt(2**64 - 1, "code", "q0", None),
+        Prompt(7, "math", "q1", None),
+        Prompt(2**63, "code", "q2", None),
+    ]
+    G, T = 3, 5
+    group = torch.arange(3).repeat_interleave(G)
+    mask = torch.arange(T)[None, :] < torch.tensor([1, 2, 3, 4, 5, 0, 5, 5, 2])[:, None]
+    batch = RolloutBatch(
+        prompts=prompts,
+        group=group,
+        sample=torch.arange(G).repeat(3),
+        prompt_token_ids=[[1]] * 3,
+        response_ids=torch.ones(9, T, dtype=torch.int64),
+        response_mask=mask,
+        behaviour_logp=torch.zeros(9, T),
+        truncated=torch.tensor([0, 0, 0, 0, 1, 0, 1, 0, 0], dtype=torch.bool),
+        response_text=[""] * 9,
+        temperature=1.0,
+    )
+    error = [None, None, "boom", None, None, None, "timeout", None, None]
+    scores = Scores(
+        reward=torch.tensor([1.0, 0.0, 0.0, 0.5, -0.5, 1.0, 0.0, 1.0, 0.25]),
+        correct=torch.tensor([1, 0, 0, 1, 0, 1, 0, 1, 0], dtype=torch.bool),
+        error=error,
+    )
+    cols = rollout_columns(
+        batch, scores, epoch=3, step=41, stage=1, domain_codes={"math": 0, "code": 1}
+    )
+    assert tuple(cols) == RECORD_COLUMNS
+    for k, a in cols.items():
+        assert a.dtype == BY_NAME[k].dtype and a.shape == (9,), k
+    assert cols["prompt_id"].tolist() == [2**64 - 1] * 3 + [7] * 3 + [2**63] * 3
+    assert cols["domain"].tolist() == [1, 1, 1, 0, 0, 0, 1, 1, 1]
+    assert cols["sample"].tolist() == [0, 1, 2] * 3
+    assert cols["length"].tolist() == [1, 2, 3, 4, 5, 0, 5, 5, 2]
+    assert cols["correct"].tolist() == [1, 0, 0, 1, 0, 1, 0, 1, 0]
+    assert cols["reward"].tolist() == [1.0, 0.0, 0.0, 0.5, -0.5, 1.0, 0.0, 1.0, 0.25]
+    tr, ve = FLAG_TRUNCATED, FLAG_VERIFIER_ERROR
+    assert (tr, ve) == (1, 2)  # on disk: bit 0 truncated, bit 1 verifier error (FORMAT.md)
+    assert cols["flags"].tolist() == [0, 0, ve, 0, tr, 0, tr | ve, 0, 0]
+    assert set(cols["epoch"].tolist()) == {3} and set(cols["step"].tolist()) == {41}
+    assert set(cols["stage"].tolist()) == {1}
+    with HistoryStore(tmp_path) as w:  # exactly the keywords append takes
+        w.append(**cols)
+        w.commit(41)
+    with HistoryReader(tmp_path, strict=True) as r:
+        got = read_all(r)
+    for k in RECORD_COLUMNS:
+        assert np.array_equal(got[k], cols[k]), k

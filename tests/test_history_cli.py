@@ -112,3 +112,17 @@ def test_module_entry_point(run_dir: Path) -> None:
         text=True,
     )
     assert p.returncode == 2 and p.stderr.count("\n") == 1
+
+
+def test_store_error_is_one_line_exit_2(run_dir: Path, monkeypatch, capsys) -> None:
+    """A HistoryError (an SrpoError) raised inside a command: one stderr line, exit 2."""
+    import srpo.history.reader as reader
+    from srpo.history import HistoryCorruptError
+
+    def broken(*a, **kw):
+        raise HistoryCorruptError("shard 0: shard-00000-00000000.seg: bad block header")
+
+    monkeypatch.setattr(reader.HistoryReader, "stats", broken)
+    assert main(["history", "stats", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err == "srpo history stats: error: shard 0: shard-00000-00000000.seg: bad block header\n"

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from srpo.history import HistoryReader
+from tests.support.history_crash import step_records as _step_records
 
-HELPER = Path(__file__).parent / "history_helpers" / "crash_child.py"
-sys.path.insert(0, str(HELPER.parent))
-from crash_child import step_records as _step_records  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+CHILD = "tests.support.history_crash"  # run as a module from the repository root
 
 SEED = 7
 _CACHE: dict[int, dict] = {}
@@ -73,7 +73,8 @@ def check_store(root: Path) -> int | None:
 class Child:
     def __init__(self, root: Path, *args: str) -> None:
         self.p = subprocess.Popen(
-            [sys.executable, str(HELPER), str(root), "--seed", str(SEED), *args],
+            [sys.executable, "-m", CHILD, str(root), "--seed", str(SEED), *args],
+            cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -6,13 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import learning_efficiency as le
+from benchmarks import learning_efficiency as le
 
 
 @pytest.mark.slow

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "fault_helpers"))
-import harness
-
 from srpo import registry
 from srpo.cli import main
+from tests.support import faults as harness
 
 pytestmark = pytest.mark.skipif(
     not (harness.MODEL / "config.json").exists(), reason="tiny model not built"
@@ -55,8 +52,8 @@ def copy_run(src: Path, dst: Path, base: dict, **changes: object) -> Path:
 
 
 def test_sigint_checkpoints_exits_130_and_resume_is_exact(workdir, quick):
-    info = harness.trial(workdir, quick, delay=0.3, how="int", name="sigint")
-    assert info["exit"] in (130, 0)
+    info = harness.trial(workdir, quick, at=0.3, how="int", name="sigint")
+    assert info["exit"] == 130 and info["resumed_step"] == info["logged_steps"]
 
 
 def test_changed_run_file_is_refused_with_a_diff_and_nothing_written(
@@ -162,7 +159,7 @@ def test_slow_second_sigint_exits_at_once_and_stays_resumable(workdir, quick):
     assert code == 130, err
     assert time.monotonic() - t < 5
     harness.check_checkpoints(workdir / "twice")
-    harness.resume_to_end(path, workdir / "twice")
+    assert harness.resume_to_end(path, workdir / "twice")
     ref_metrics, ref_history = harness.reference(quick, workdir)
     got = harness.comparable(harness.metrics(workdir / "twice"))
     assert harness.first_difference(ref_metrics, got) is None

@@ -11,8 +11,8 @@ pytest.importorskip("tensorboard")
 from srpo_plugins.loggers.tensorboard import TensorboardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from srpo import events as ev
 from srpo.api import PluginContext
-from srpo.kernel import events as ev
 
 
 def scalars(path: Path) -> dict[str, list[tuple[int, float]]]:

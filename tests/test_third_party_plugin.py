@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, tiny_config
+
+from tests.support.tiny import ROOT, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
 from transformers import AutoModelForCausalLM
 
 from srpo.cli import main
+from tests.support.tiny import TINY
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -124,9 +124,15 @@ def test_stage_overrides_apply_at_the_switch(write_config, tmp_path, capsys):
         }
     )
     kernel = build(load_config(path))
-    assert kernel.roles.sampler.temperature == 1.0
+    seen: list[float] = []
+    update = kernel.policy.update
+    kernel.policy.update = lambda batch, *a, **k: (
+        seen.append(batch.temperature) or update(batch, *a, **k)
+    )
+    assert kernel.roles.sampler.options.temperature == 1.0
     kernel.run()
     close_roles(kernel)
     assert kernel.roles.curriculum.stage == 1
-    assert kernel.roles.sampler.temperature == 0.7 and kernel.policy.temperature == 0.7
-    assert kernel.policy.algo.clip_high == 0.3
+    assert kernel.roles.sampler.options.temperature == 0.7
+    assert seen == [1.0, 0.7]  # the trainer scores each batch at its sampling temperature
+    assert kernel.policy.algo.clip_high == 0.3 and kernel.policy.loss_config.clip_high == 0.3

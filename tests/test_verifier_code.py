@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
-from srpo_plugins.verifiers.code import CodeVerifier
+import srpo_plugins
+from srpo_plugins.verifiers.code import CodeVerifier, sandbox
 from srpo_plugins.verifiers.code.extract import extract_code
 from srpo_plugins.verifiers.code.harness import decode, encode
 from srpo_plugins.verifiers.code.judge import ReferenceError_, parse_reference, values_match
 from srpo_plugins.verifiers.code.sandbox import Job, Limits, make_backend
 
-from srpo.api import PluginContext
+from srpo.api import PluginContext, PluginError, SrpoWarning
 from srpo.types import Prompt
 
 
@@ -161,8 +162,9 @@ def test_verifier_crash_is_a_score(monkeypatch):
     v = make(fail_fast=True)
     try:
         monkeypatch.setattr(v, "_run_calls", lambda *a: 1 / 0)
-        with pytest.raises(ZeroDivisionError):
+        with pytest.raises(PluginError, match="ZeroDivisionError") as info:
             v.score([P(ASSERTS)], [SQUARE])
+        assert isinstance(info.value.__cause__, ZeroDivisionError)
     finally:
         v.close()
 
@@ -255,7 +257,7 @@ def test_interpreter_under_host_tmp_stays_visible(tmp_path):
         )
         shim = tmp_path / "shim"
         shim.mkdir()
-        (shim / "srpo_plugins").symlink_to(Path(make_backend.__code__.co_filename).parents[2])
+        (shim / "srpo_plugins").symlink_to(Path(srpo_plugins.__file__).parent)
         paths = [str(shim), *[p for p in sys.path if p]]
         res = subprocess.run(
             [str(env_dir / "bin" / "python"), "-c", probe],
@@ -267,3 +269,22 @@ def test_interpreter_under_host_tmp_stays_visible(tmp_path):
         assert "bwrap ok" in res.stdout, res.stderr[-1500:]
     finally:
         shutil.rmtree(env_dir, ignore_errors=True)
+
+
+def test_rlimit_fallback_warns_what_it_lacks():
+    with pytest.warns(SrpoWarning, match="bubblewrap unavailable") as rec:
+        backend = make_backend("rlimit", Limits(), sys.executable, 1, 1_500_070_000)
+    backend.close()
+    assert backend.name == "rlimit"
+    assert "NO network isolation" in str(rec[0].message)
+
+
+def test_auto_falls_back_to_rlimit_with_a_warning(monkeypatch):
+    monkeypatch.setattr(sandbox, "probe_bwrap", lambda *a: "bwrap not found on PATH")
+    with pytest.warns(SrpoWarning) as rec:
+        backend = make_backend("auto", Limits(), sys.executable, 1, 1_500_070_000)
+    backend.close()
+    assert backend.name == "rlimit"
+    assert [w for w in rec if "bwrap not found on PATH" in str(w.message)]
+    with pytest.raises(RuntimeError, match="bwrap not found on PATH"):
+        make_backend("bwrap", Limits(), sys.executable, 1, 1_500_070_000)

@@ -20,7 +20,7 @@ import pytest
 from srpo_plugins.verifiers.code import CodeVerifier
 from srpo_plugins.verifiers.code.sandbox import pids_of_uid
 
-from srpo.api import PluginContext
+from srpo.api import PluginContext, SrpoWarning
 from srpo.types import Prompt
 
 HAVE_BWRAP = shutil.which("bwrap") is not None
@@ -342,7 +342,8 @@ def test_rlimit_fallback(name, tmp_path):
     opts = CodeVerifier.Options(
         backend="rlimit", test_timeout_s=1.0, total_timeout_s=3.0, uid_base=1_500_020_000
     )
-    v = CodeVerifier(opts, ctx)
+    with pytest.warns(SrpoWarning, match="bubblewrap unavailable"):
+        v = CodeVerifier(opts, ctx)
     try:
         ref, src, _ = CASES[name]
         (s,) = v.score([Prompt(0, "code", "q", ref)], [_program(src, tmp_path / "c", 0)])

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from srpo_plugins.verifiers import math as mv
-from srpo_plugins.verifiers.math import MathVerifier, extract_boxed, fast_compare
+from srpo_plugins.verifiers.math import MathVerifier, extract_boxed, fast_compare, pool
 
-from srpo.api import PluginContext
+from srpo.api import PluginContext, PluginError
 from srpo.types import Prompt
 
 TIMEOUT = 1.0
@@ -120,11 +120,12 @@ def test_hang_is_bounded(verifier):
 
 def test_hard_kill_when_signals_do_not_reach(monkeypatch):
     # a worker whose soft alarm never fires, as when sympy sits in one long C call
-    src = mv._WORKER_SRC.replace(
+    src = pool.WORKER_SRC.replace(
         "signal.signal(signal.SIGALRM, _alarm)",
         "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})",
     )
-    monkeypatch.setattr(mv._Worker, "src", src)
+    assert src != pool.WORKER_SRC
+    monkeypatch.setattr(pool.Worker, "src", src)
     v = make(timeout_s=0.5, num_workers=1)
     try:
         v.warmup()
@@ -133,8 +134,9 @@ def test_hard_kill_when_signals_do_not_reach(monkeypatch):
         (s,) = v.score([P("2")], ["\\boxed{9^{9^{9}}}"])
         assert time.monotonic() - t < 0.5 + 1.5  # bounded (unbounded: never returns)
         assert s.error and "timeout" in s.error
-        slot = v._slots.get()  # type: ignore[union-attr]
-        v._slots.put(slot)  # type: ignore[union-attr]
+        slots = v._workers._slots
+        assert slots is not None
+        slots.put(slots.get())  # the killed worker's slot went back to the pool
         (s,) = v.score([P("x^2+2x+1")], ["\\boxed{(x+1)^2}"])  # the spare took over
         assert s.correct
     finally:
@@ -148,8 +150,9 @@ def test_verifier_crash_is_a_score(monkeypatch):
     assert s.reward == 0 and "ZeroDivisionError" in (s.error or "")
     v.close()
     v = make(fail_fast=True)
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(PluginError, match="ZeroDivisionError") as info:
         v.score([P("1")], ["\\boxed{1}"])
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
     v.close()
 
 

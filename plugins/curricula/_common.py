@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import math
 import random
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
-from srpo.api import HistoryReader, PluginOptions
-from srpo.types import Prompt, PromptSummary, StateDict
+from srpo.api import HistoryReader, PluginOptions, Prompt, PromptSummary, StateDict, warn
 
 #: Report keys (``end_epoch``) of one rebuild; the report CLI plots these per epoch.
 CATEGORIES = ("all_correct", "mixed", "all_wrong", "unseen", "readmitted")
@@ -210,7 +208,7 @@ class ResamplingPool:
         arr[hit] = vals[pos[hit]]
         missing = ids.size - np.unique(self.ids[hit]).size
         if missing > 0:
-            warnings.warn(
+            warn(
                 f"curriculum state names {missing} prompt ids not in the dataset; ignored",
                 stacklevel=3,
             )

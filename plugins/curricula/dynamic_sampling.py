@@ -2,7 +2,7 @@
 
 A group whose G rewards are all equal (all correct or all wrong) has zero advantage
 everywhere: it costs generation and update time and adds no gradient. ``accept_groups``
-drops such groups (the same robust rule as ``srpo.kernel.metrics.group_has_signal``) and the
+drops such groups (the same robust rule as ``srpo.api.group_has_signal``) and the
 kernel asks ``next_prompts`` again, up to ``max_generation_rounds`` rounds per step. When
 the cap is reached before the batch is full the step trains on a smaller batch — it does
 not abort — and the curriculum says why: ``last_step_info()``, the ``underfilled_steps``
@@ -15,21 +15,26 @@ refill rounds count, so an epoch may have fewer steps than ``dataset / prompts_p
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from pydantic import Field
 
-from srpo.api import Curriculum, HistoryReader, PluginContext, PluginOptions
-from srpo.kernel.metrics import group_has_signal
-from srpo.types import Prompt, RolloutBatch, Scores, StateDict
+from srpo.api import (
+    Curriculum,
+    HistoryReader,
+    PluginContext,
+    PluginOptions,
+    Prompt,
+    RolloutBatch,
+    Scores,
+    StateDict,
+    group_has_signal,
+    warn,
+)
 
 from ._common import Cursor, check_domains, seeded_rng
-
-log = logging.getLogger(__name__)
 
 _COUNTERS = ("steps", "underfilled", "groups", "kept", "zero_var", "all_correct", "all_wrong")
 
@@ -119,8 +124,7 @@ class DynamicSamplingCurriculum(Curriculum):
             if not self._warned:
                 self._warned = True
                 msg = self._explain(st)
-                log.warning(msg)
-                warnings.warn(msg, stacklevel=2)
+                warn(msg)
 
     def _explain(self, st: Mapping[str, Any]) -> str:
         g = max(st["groups"], 1)

@@ -13,13 +13,11 @@ keeps the dataset from collapsing. The rules live in ``_common.ResamplingPool``,
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 
 from pydantic import Field
 
-from srpo.api import Curriculum, HistoryReader, PluginContext
-from srpo.types import Prompt, StateDict
+from srpo.api import Curriculum, HistoryReader, PluginContext, Prompt, StateDict, warn
 
 from ._common import Cursor, ResamplingPool, ResamplingRules, check_domains
 
@@ -52,7 +50,7 @@ class HistoryResamplingCurriculum(Curriculum):
     def end_epoch(self, epoch: int, history: HistoryReader | None) -> Mapping[str, float]:
         if history is None and not self._warned_no_history:
             self._warned_no_history = True
-            warnings.warn(
+            warn(
                 "history_resampling: no history store (history.enabled is off), so the "
                 "dataset is not rebuilt: this run is plain GRPO sampling",
                 stacklevel=2,

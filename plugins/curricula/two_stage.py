@@ -30,14 +30,20 @@ Semantics (chosen here, relied on by tests):
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from srpo.api import Curriculum, HistoryReader, PluginContext, PluginOptions
-from srpo.types import Prompt, StateDict
+from srpo.api import (
+    Curriculum,
+    HistoryReader,
+    PluginContext,
+    PluginOptions,
+    Prompt,
+    StateDict,
+    warn,
+)
 
 from ._common import (
     CATEGORIES,
@@ -158,7 +164,7 @@ class TwoStageCurriculum(Curriculum):
             if not order:
                 if d not in self._warned_empty:
                     self._warned_empty.add(d)
-                    warnings.warn(
+                    warn(
                         f"two_stage: domain {d!r} has no prompts left in its pool; stage 1 "
                         "mixes the other domains (set hr.min_dataset_size to keep some)",
                         stacklevel=2,

@@ -6,8 +6,7 @@ import random
 
 from pydantic import Field
 
-from srpo.api import Curriculum, PluginContext, PluginOptions
-from srpo.types import Prompt, StateDict
+from srpo.api import Curriculum, PluginContext, PluginOptions, Prompt, StateDict
 
 
 class UniformOptions(PluginOptions):

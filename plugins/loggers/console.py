@@ -19,7 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from srpo.api import Logger, PluginContext, PluginOptions
-from srpo.kernel import events as ev
+from srpo.api import events as ev
 
 
 class ConsoleOptions(PluginOptions):

@@ -9,7 +9,7 @@ from typing import IO, Any
 from pydantic import Field
 
 from srpo.api import Logger, PluginContext, PluginOptions
-from srpo.kernel import events as ev
+from srpo.api import events as ev
 
 
 class JsonlOptions(PluginOptions):

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import Field
 
 from srpo.api import Logger, PluginContext, PluginOptions
-from srpo.kernel import events as ev
+from srpo.api import events as ev
 
 
 class TensorboardOptions(PluginOptions):

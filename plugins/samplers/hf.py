@@ -1,8 +1,10 @@
 """The embedded default sampler: ``transformers`` generation on the policy's own model.
 
-It shares the policy's weights (no copy, so ``sync`` has nothing to do) and returns the
-behaviour log-probs of the tokens it sampled under the same temperature/top-p the policy
-trains with, so the trainer can check that it scores what was sampled.
+It shares the policy's weights (no copy, so ``sync`` has nothing to do). The behaviour
+log-probs it returns are those of the distribution it sampled from: after temperature and,
+when set, top-p/top-k truncation (renormalized). The trainer computes its log-probs at the
+batch's temperature over the full vocabulary, so with top-p/top-k < full the two differ on
+purpose; ``behaviour_logp_gap`` in the step metrics shows by how much.
 """
 
 from __future__ import annotations
@@ -12,8 +14,15 @@ from collections.abc import Sequence
 import torch
 from pydantic import Field
 
-from srpo.api import PluginContext, PluginOptions, Sampler
-from srpo.types import Prompt, RolloutBatch
+from srpo.api import (
+    PluginContext,
+    PluginOptions,
+    PolicyHandle,
+    Prompt,
+    RolloutBatch,
+    Sampler,
+    left_pad,
+)
 
 
 class HFSamplerOptions(PluginOptions):
@@ -30,12 +39,10 @@ class HFSampler(Sampler):
     def __init__(self, options: HFSamplerOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         self.options: HFSamplerOptions = options
-        self.policy = context.policy
+        if context.policy is None:
+            raise ValueError("the hf sampler generates with the policy's model: none was given")
+        self.policy: PolicyHandle = context.policy
         self.tokenizer = context.policy.tokenizer
-
-    @property
-    def temperature(self) -> float:
-        return self.options.temperature
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], n: int, *, greedy: bool = False) -> RolloutBatch:
@@ -48,6 +55,7 @@ class HFSampler(Sampler):
         parts = [self._generate_chunk(prompt_ids, c, greedy) for c in chunks]
         T = max((p[0].shape[1] for p in parts), default=0)
         pad = int(self.tokenizer.pad_token_id)
+        temperature = 0.0 if greedy else self.options.temperature
 
         def cat(i: int, value: float | int | bool) -> torch.Tensor:
             return torch.cat(
@@ -66,6 +74,7 @@ class HFSampler(Sampler):
                 empty,
                 torch.zeros(0, dtype=torch.bool),
                 [],
+                temperature,
             )
         ids, mask, logp = cat(0, pad), cat(1, False), cat(2, 0.0)
         truncated = torch.cat([p[3] for p in parts])
@@ -80,22 +89,17 @@ class HFSampler(Sampler):
             behaviour_logp=logp,
             truncated=truncated,
             response_text=texts,
+            temperature=temperature,
         )
 
     def _generate_chunk(
         self, prompt_ids: list[list[int]], rows: list[tuple[int, int]], greedy: bool
     ) -> tuple[torch.Tensor, ...]:
-        model = self.policy.model
-        device = next(model.parameters()).device
+        model, device = self.policy.model, self.policy.device
         pad = int(self.tokenizer.pad_token_id)
         eos = self.tokenizer.eos_token_id
-        seqs = [prompt_ids[g] for g, _ in rows]
-        lp = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), lp), pad, dtype=torch.long)
-        att = torch.zeros((len(seqs), lp), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, lp - len(s) :] = torch.tensor(s, dtype=torch.long)
-            att[i, lp - len(s) :] = 1
+        ids, att = left_pad([prompt_ids[g] for g, _ in rows], pad)
+        lp = ids.shape[1]
         o = self.options
         sampling = (
             {}

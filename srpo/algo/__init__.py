@@ -1,23 +1,56 @@
-"""GRPO-family math: the float64-capable torch reference (the oracle of ``srpo.ops``)."""
+"""GRPO-family math: the float64-capable torch reference (the oracle of ``srpo.ops``), the
+registries where algorithms vary, and DAPO's reward/loss-mask shaping."""
 
+from srpo.algo.dapo import OverlongOptions, loss_mask, shape_scores
+from srpo.algo.groups import group_has_signal
 from srpo.algo.grpo import (
     AGGREGATIONS,
     KL_ESTIMATORS,
     STAT_NAMES,
+    GroupAdvantages,
     LossConfig,
     LossOutput,
+    SurrogateOutput,
     group_advantages,
     grpo_loss_reference,
     validate_inputs,
 )
+from srpo.algo.loss import make_loss_fn
+from srpo.algo.registry import (
+    ADVANTAGES,
+    KL_PENALTIES,
+    LOSS_AGGREGATIONS,
+    POLICY_LOSSES,
+    Registry,
+    register_advantage,
+    register_aggregation,
+    register_kl,
+    register_policy_loss,
+)
 
 __all__ = [
+    "ADVANTAGES",
     "AGGREGATIONS",
     "KL_ESTIMATORS",
+    "KL_PENALTIES",
+    "LOSS_AGGREGATIONS",
+    "POLICY_LOSSES",
     "STAT_NAMES",
+    "GroupAdvantages",
     "LossConfig",
     "LossOutput",
+    "OverlongOptions",
+    "Registry",
+    "SurrogateOutput",
     "group_advantages",
+    "group_has_signal",
     "grpo_loss_reference",
+    "loss_mask",
+    "make_loss_fn",
+    "register_advantage",
+    "register_aggregation",
+    "register_kl",
+    "register_policy_loss",
+    "shape_scores",
     "validate_inputs",
 ]

@@ -14,12 +14,20 @@ about the limit than about the reasoning. DAPO offers two remedies:
 
   (scaled by ``penalty``). A response at exactly ``L_max`` — what a truncated one measures —
   gets ``-penalty``, so the two branches meet.
+
+The kernel applies both through ``shape_scores`` (after verification, before history and
+group filtering see the rewards) and ``loss_mask`` (before the update), with the options of
+the algorithm in force (``algorithm.overlong``, per-stage overrides included).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from srpo.types import RolloutBatch, Scores
 
 
 class OverlongOptions(BaseModel):
@@ -67,3 +75,27 @@ def soft_overlong_penalty(
     out = torch.where(L.le(start), torch.zeros_like(L), ramp)
     out = torch.where(L.gt(max_len), torch.full_like(L, -1.0), out)
     return (out * penalty).to(torch.float32)
+
+
+def shape_scores(overlong: OverlongOptions, batch: RolloutBatch, scores: Scores) -> Scores:
+    """The verifier's scores with the soft overlong penalty added to the reward (not to
+    correctness), as a new ``Scores`` with the penalty in ``breakdown["overlong_penalty"]``;
+    ``scores`` itself is left as the verifier made it."""
+    if overlong.max_len is None or batch.num_rollouts == 0:
+        return scores
+    penalty = soft_overlong_penalty(
+        batch.lengths, overlong.max_len, overlong.cache_len, overlong.penalty
+    )
+    return dataclasses.replace(
+        scores,
+        reward=scores.reward + penalty.to(scores.reward.dtype),
+        breakdown={**scores.breakdown, "overlong_penalty": penalty.float()},
+    )
+
+
+def loss_mask(overlong: OverlongOptions, batch: RolloutBatch) -> torch.Tensor | None:
+    """The tokens the loss may see: truncated responses dropped under overlong filtering,
+    else None (the response mask)."""
+    if not overlong.filter:
+        return None
+    return overlong_filter_mask(batch.response_mask, batch.truncated)

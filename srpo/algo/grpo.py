@@ -36,33 +36,54 @@ Gradients flow only into ``logp``. Masked positions (m == 0) are replaced by 0 b
 arithmetic, so NaN/inf stored there can never poison the loss or the gradient; non-finite values
 at m != 0, or in rewards, raise ``ValueError`` (``check_finite=True``, the default).
 
-Stats (0-dim tensors, no host sync): ``clip_frac_low`` (share of tokens with A < 0 and
+Each piece above is a registered function (``srpo.algo.registry``): the advantage estimator
+(``grpo``; also ``rloo``, leave-one-out), the surrogate (``ppo_clip``), the KL estimator and
+the aggregation are looked up by the names in ``LossConfig``; ``grpo_loss_reference`` composes
+them. The compiled op implements the built-in combination (``LossConfig.fused``).
+
+Stats (0-dim tensors; no host sync unless ``check_finite``, which reads one flag per input): ``clip_frac_low`` (share of tokens with A < 0 and
 rho < 1 - clip_low), ``clip_frac_high`` (A > 0 and rho > 1 + clip_high), ``dual_clip_frac``
 (A < 0 and the dual bound active), ``approx_kl`` (token mean of k2 between the current and the
 behaviour policy: 0.5 (logp - old_logp)^2), ``kl`` (token mean of the chosen estimator vs the
 reference; 0 without ``ref_logp``), ``adv_abs_mean`` (mean |A_i| over the N rollouts),
 ``zero_adv_group_frac`` (share of groups that are flat), ``tokens`` (sum of the mask),
-``sequences`` (rows with mask sum > 0). Token fractions are mask-weighted.
+``sequences`` (rows with mask sum > 0). Token fractions are mask-weighted. A surrogate that
+has no clipping reports 0 for the clip fractions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, NamedTuple
 
 import torch
+
+from srpo.algo.registry import (
+    ADVANTAGES,
+    KL_PENALTIES,
+    LOSS_AGGREGATIONS,
+    POLICY_LOSSES,
+    register_advantage,
+    register_aggregation,
+    register_kl,
+    register_policy_loss,
+)
 
 __all__ = [
     "AGGREGATIONS",
     "KL_ESTIMATORS",
     "STAT_NAMES",
+    "GroupAdvantages",
     "LossConfig",
     "LossOutput",
+    "SurrogateOutput",
     "group_advantages",
     "grpo_loss_reference",
     "validate_inputs",
 ]
 
+#: The built-in names the compiled op implements (its enum order: csrc/grpo.h).
 KL_ESTIMATORS = ("k1", "k2", "k3")
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 # Order matches the compiled op's stats vector (csrc/grpo.h, GrpoOut minus the loss).
@@ -81,16 +102,20 @@ STAT_NAMES = (
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Options of the GRPO-family loss; defaults are plain GRPO with symmetric clipping."""
+    """Options of the GRPO-family loss; defaults are plain GRPO with symmetric clipping.
 
+    ``advantage``, ``policy_loss``, ``kl_estimator`` and ``aggregation`` are names in the
+    registries of ``srpo.algo.registry``.
+    """
+
+    advantage: str = "grpo"
+    policy_loss: str = "ppo_clip"
     clip_low: float = 0.2  # ratio lower bound 1 - clip_low
     clip_high: float = 0.2  # ratio upper bound 1 + clip_high (DAPO clip-higher: 0.28)
     dual_clip: float | None = None  # dual-clip constant c > 1 (negative advantages); None = off
     kl_coef: float = 0.0
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
-        "token-mean"
-    )
+    kl_estimator: str = "k3"
+    aggregation: str = "token-mean"
     norm_constant: float | None = None  # seq-mean-token-sum-norm divisor; None -> T
     std_normalize: bool = True  # GRPO (True) vs Dr.GRPO (False)
     eps: float = 1e-6
@@ -98,6 +123,14 @@ class LossConfig:
     check_finite: bool = True  # raise on NaN/inf at mask != 0 (one host read of 4 counters)
 
     def __post_init__(self) -> None:
+        for name, registry in (
+            ("advantage", ADVANTAGES),
+            ("policy_loss", POLICY_LOSSES),
+            ("kl_estimator", KL_PENALTIES),
+            ("aggregation", LOSS_AGGREGATIONS),
+        ):
+            if getattr(self, name) not in registry:
+                raise ValueError(f"LossConfig.{name}: {registry.unknown(getattr(self, name))}")
         if not 0.0 <= self.clip_low < 1.0:
             raise ValueError(f"LossConfig.clip_low must be in [0, 1), got {self.clip_low}")
         if not self.clip_high >= 0.0:
@@ -106,18 +139,29 @@ class LossConfig:
             raise ValueError(f"LossConfig.dual_clip must be > 1 or None, got {self.dual_clip}")
         if not self.kl_coef >= 0.0:
             raise ValueError(f"LossConfig.kl_coef must be >= 0, got {self.kl_coef}")
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(
-                f"LossConfig.kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}"
-            )
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(
-                f"LossConfig.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}"
-            )
         if self.norm_constant is not None and not self.norm_constant > 0.0:
             raise ValueError(f"LossConfig.norm_constant must be > 0, got {self.norm_constant}")
         if not self.eps >= 0.0 or not self.zero_var_tol >= 0.0:
             raise ValueError("LossConfig.eps and zero_var_tol must be >= 0")
+
+    @classmethod
+    def from_options(cls, options: Any) -> LossConfig:
+        """From any object with same-named attributes (the run file's ``algorithm`` section):
+        every LossConfig field it has, defaults for the others."""
+        values: Mapping[str, Any] = (
+            options if isinstance(options, Mapping) else getattr(options, "__dict__", {})
+        )
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+    @property
+    def fused(self) -> bool:
+        """Whether the compiled op implements this combination (else it runs in torch)."""
+        return (
+            self.advantage == "grpo"
+            and self.policy_loss == "ppo_clip"
+            and self.kl_estimator in KL_ESTIMATORS
+            and self.aggregation in AGGREGATIONS
+        )
 
 
 class LossOutput(NamedTuple):
@@ -127,7 +171,68 @@ class LossOutput(NamedTuple):
     stats: dict[str, torch.Tensor]
 
 
+class GroupAdvantages(NamedTuple):
+    """What an advantage estimator returns: per-rollout advantages [N] float64 and which of
+    the (dense, sorted) groups [G] are flat (their advantages are all exactly 0)."""
+
+    advantages: torch.Tensor
+    flat: torch.Tensor
+
+
+class SurrogateOutput(NamedTuple):
+    """What a policy-loss surrogate returns: the per-token loss [N, T] and boolean [N, T]
+    maps whose mask-weighted shares become stats (``clip_frac_low``, ...)."""
+
+    per_token: torch.Tensor
+    token_flags: dict[str, torch.Tensor]
+
+
 _FLOAT_LOGP = (torch.float32, torch.float64, torch.bfloat16)
+
+
+def _check_tensors(named: Mapping[str, torch.Tensor], logp: torch.Tensor) -> None:
+    for name, x in named.items():
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be 2-D [N, T], got shape {tuple(logp.shape)}")
+    if logp.dtype not in _FLOAT_LOGP:
+        raise ValueError(f"logp must be float32, float64 or bfloat16, got {logp.dtype}")
+    for name, x in named.items():
+        if x.device != logp.device:
+            raise ValueError(f"{name} is on {x.device} but logp is on {logp.device}")
+
+
+def _check_token_inputs(named: Mapping[str, torch.Tensor], logp: torch.Tensor) -> None:
+    for name in ("old_logp", "mask", "ref_logp"):
+        x = named.get(name)
+        if x is not None and x.shape != logp.shape:
+            raise ValueError(
+                f"{name} must have the shape of logp {tuple(logp.shape)}, got {tuple(x.shape)}"
+            )
+    for name in ("old_logp", "ref_logp"):
+        x = named.get(name)
+        if x is not None and x.dtype != logp.dtype:
+            raise ValueError(
+                f"{name} dtype {x.dtype} != logp dtype {logp.dtype}; cast with .to(logp.dtype)"
+            )
+    mask = named["mask"]
+    if mask.dtype != torch.bool and not mask.dtype.is_floating_point:
+        raise ValueError(f"mask must be bool or floating point, got {mask.dtype}")
+
+
+def _check_row_inputs(rewards: torch.Tensor, group_ids: torch.Tensor, n: int) -> None:
+    for name, x in (("rewards", rewards), ("group_ids", group_ids)):
+        if x.shape != (n,):
+            raise ValueError(f"{name} must have shape [N] = ({n},), got {tuple(x.shape)}")
+    if not rewards.dtype.is_floating_point:
+        raise ValueError(f"rewards must be floating point, got {rewards.dtype}")
+    if (
+        group_ids.dtype.is_floating_point
+        or group_ids.dtype.is_complex
+        or group_ids.dtype in (torch.bool,)
+    ):
+        raise ValueError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
 
 
 def validate_inputs(
@@ -146,56 +251,27 @@ def validate_inputs(
     named["mask"] = mask
     if ref_logp is not None:
         named["ref_logp"] = ref_logp
-    for name, x in named.items():
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if logp.dim() != 2:
-        raise ValueError(f"logp must be 2-D [N, T], got shape {tuple(logp.shape)}")
-    if logp.dtype not in _FLOAT_LOGP:
-        raise ValueError(f"logp must be float32, float64 or bfloat16, got {logp.dtype}")
-    n = logp.shape[0]
-    for name, x in named.items():
-        if x.device != logp.device:
-            raise ValueError(f"{name} is on {x.device} but logp is on {logp.device}")
-    for name in ("old_logp", "mask", "ref_logp"):
-        x = named.get(name)
-        if x is not None and x.shape != logp.shape:
-            raise ValueError(
-                f"{name} must have the shape of logp {tuple(logp.shape)}, got {tuple(x.shape)}"
-            )
-    for name in ("old_logp", "ref_logp"):
-        x = named.get(name)
-        if x is not None and x.dtype != logp.dtype:
-            raise ValueError(
-                f"{name} dtype {x.dtype} != logp dtype {logp.dtype}; cast with .to(logp.dtype)"
-            )
-    if mask.dtype != torch.bool and not mask.dtype.is_floating_point:
-        raise ValueError(f"mask must be bool or floating point, got {mask.dtype}")
-    for name in ("rewards", "group_ids"):
-        x = named[name]
-        if x.shape != (n,):
-            raise ValueError(f"{name} must have shape [N] = ({n},), got {tuple(x.shape)}")
-    if not rewards.dtype.is_floating_point:
-        raise ValueError(f"rewards must be floating point, got {rewards.dtype}")
-    if (
-        group_ids.dtype.is_floating_point
-        or group_ids.dtype.is_complex
-        or group_ids.dtype in (torch.bool,)
-    ):
-        raise ValueError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
+    _check_tensors(named, logp)
+    _check_token_inputs(named, logp)
+    _check_row_inputs(rewards, group_ids, logp.shape[0])
     if cfg.kl_coef > 0.0 and ref_logp is None:
         raise ValueError("ref_logp is required when LossConfig.kl_coef > 0")
 
 
-def _group_stats(
-    rewards: torch.Tensor, group_ids: torch.Tensor, std_normalize: bool, eps: float, tol: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(advantages [N] float64, flat [G] bool, dense ids [N]) in float64."""
+# --------------------------------------------------------------------------- advantages
+
+
+class _GroupMoments(NamedTuple):
+    dense: torch.Tensor  # [N] dense group index
+    count: torch.Tensor  # [G] float64
+    dev: torch.Tensor  # [N] r_i - mean_g
+    sq: torch.Tensor  # [G] sum of dev^2
+    flat: torch.Tensor  # [G] bool (zero-variance rule of the module doc)
+
+
+def _group_moments(rewards: torch.Tensor, group_ids: torch.Tensor, tol: float) -> _GroupMoments:
+    """Per-group count, deviations and the flat rule, in float64 (N > 0)."""
     r = rewards.detach().to(torch.float64)
-    n = r.shape[0]
-    if n == 0:
-        empty = torch.zeros(0, dtype=torch.float64, device=r.device)
-        return empty, torch.zeros(0, dtype=torch.bool, device=r.device), group_ids.long()
     _, dense = torch.unique(group_ids.long(), return_inverse=True)
     num_groups = int(dense.max()) + 1
     cnt = torch.zeros(num_groups, dtype=torch.float64, device=r.device).index_add_(
@@ -206,13 +282,47 @@ def _group_stats(
     sq = torch.zeros_like(cnt).index_add_(0, dense, dev * dev)
     maxdev = torch.zeros_like(cnt).scatter_reduce_(0, dense, dev.abs(), "amax")
     flat = (cnt < 2) | (maxdev <= tol * mean.abs().clamp_min(1.0))
-    if std_normalize:
-        std = (sq / (cnt - 1).clamp_min(1.0)).sqrt()  # unbiased; flat groups are masked below
-        adv = dev / (std[dense] + eps)
+    return _GroupMoments(dense, cnt, dev, sq, flat)
+
+
+def _empty_advantages(rewards: torch.Tensor) -> GroupAdvantages:
+    dev = rewards.device
+    return GroupAdvantages(
+        torch.zeros(0, dtype=torch.float64, device=dev),
+        torch.zeros(0, dtype=torch.bool, device=dev),
+    )
+
+
+@register_advantage("grpo")
+def grpo_advantages(
+    rewards: torch.Tensor, group_ids: torch.Tensor, cfg: LossConfig
+) -> GroupAdvantages:
+    """GRPO: ``(r - mean_g) / (std_g + eps)`` (Dr.GRPO: ``r - mean_g``); flat groups 0."""
+    if rewards.shape[0] == 0:
+        return _empty_advantages(rewards)
+    g = _group_moments(rewards, group_ids, cfg.zero_var_tol)
+    if cfg.std_normalize:
+        std = (g.sq / (g.count - 1).clamp_min(1.0)).sqrt()  # unbiased; flat groups masked below
+        adv = g.dev / (std[g.dense] + cfg.eps)
     else:
-        adv = dev
-    adv = torch.where(flat[dense], torch.zeros_like(adv), adv)
-    return adv, flat, dense
+        adv = g.dev
+    adv = torch.where(g.flat[g.dense], torch.zeros_like(adv), adv)
+    return GroupAdvantages(adv, g.flat)
+
+
+@register_advantage("rloo")
+def rloo_advantages(
+    rewards: torch.Tensor, group_ids: torch.Tensor, cfg: LossConfig
+) -> GroupAdvantages:
+    """RLOO (Ahmadian et al. 2024): ``r_i`` minus the mean of the group's *other* rewards,
+    ``n/(n-1) (r_i - mean_g)``; unbiased baseline, no std scaling; flat groups 0."""
+    if rewards.shape[0] == 0:
+        return _empty_advantages(rewards)
+    g = _group_moments(rewards, group_ids, cfg.zero_var_tol)
+    scale = g.count / (g.count - 1).clamp_min(1.0)
+    adv = g.dev * scale[g.dense]
+    adv = torch.where(g.flat[g.dense], torch.zeros_like(adv), adv)
+    return GroupAdvantages(adv, g.flat)
 
 
 def group_advantages(
@@ -222,8 +332,9 @@ def group_advantages(
     std_normalize: bool = True,
     eps: float = 1e-6,
     zero_var_tol: float = 1e-6,
+    estimator: str = "grpo",
 ) -> torch.Tensor:
-    """Per-rollout GRPO advantage (float64 math, returned in float64).
+    """Per-rollout advantage (float64 math, returned in float64).
 
     ``group_ids`` may be any integers (need not be dense or sorted); groups may differ in size.
     Flat groups (singletons, equal or float-noise-equal rewards) give exactly 0.
@@ -233,8 +344,94 @@ def group_advantages(
             f"rewards and group_ids must be 1-D of equal length, got {tuple(rewards.shape)} "
             f"and {tuple(group_ids.shape)}"
         )
-    adv, _, _ = _group_stats(rewards, group_ids, std_normalize, eps, zero_var_tol)
-    return adv
+    cfg = LossConfig(
+        advantage=estimator, std_normalize=std_normalize, eps=eps, zero_var_tol=zero_var_tol
+    )
+    return ADVANTAGES.get(estimator)(rewards, group_ids, cfg).advantages
+
+
+# --------------------------------------------------------------------------- surrogates
+
+
+@register_policy_loss("ppo_clip")
+def ppo_clip(
+    logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, cfg: LossConfig
+) -> SurrogateOutput:
+    """PPO's clipped surrogate with DAPO's asymmetric bounds and optional dual clip.
+    ``logp``/``old_logp`` [N, T] (0 at masked positions), ``adv`` [N, 1]."""
+    ratio = torch.exp(logp - old_logp)
+    lo, hi = 1.0 - cfg.clip_low, 1.0 + cfg.clip_high
+    pg = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, lo, hi))
+    if cfg.dual_clip is not None:
+        dual_bound = -adv * cfg.dual_clip
+        dual_active = (adv < 0) & (pg > dual_bound)
+        pg = torch.where(adv < 0, torch.minimum(pg, dual_bound), pg)
+    else:
+        dual_active = torch.zeros(ratio.shape, dtype=torch.bool, device=ratio.device)
+    flags = {
+        "clip_frac_low": (adv < 0) & (ratio < lo),
+        "clip_frac_high": (adv > 0) & (ratio > hi),
+        "dual_clip_frac": dual_active,
+    }
+    return SurrogateOutput(pg, flags)
+
+
+# --------------------------------------------------------------------------- KL estimators
+
+
+@register_kl("k1")
+def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    return logp - ref_logp
+
+
+@register_kl("k2")
+def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (logp - ref_logp) ** 2
+
+
+@register_kl("k3")
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1.0
+
+
+# --------------------------------------------------------------------------- aggregations
+
+
+def _row_sums(per_token: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_t l m per row [N], row lengths [N])."""
+    return (per_token * m).sum(dim=1), m.sum(dim=1)
+
+
+def _seq_mean(per_row: torch.Tensor, row_len: torch.Tensor) -> torch.Tensor:
+    nonempty = row_len > 0
+    seqs = nonempty.sum().to(per_row.dtype)
+    return torch.where(nonempty, per_row, 0.0).sum() / seqs.clamp_min(1.0)
+
+
+@register_aggregation("token-mean")
+def token_mean(per_token: torch.Tensor, m: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    row_sum, _ = _row_sums(per_token, m)
+    tokens = m.sum()
+    return row_sum.sum() / torch.where(tokens > 0, tokens, 1.0)
+
+
+@register_aggregation("seq-mean-token-mean")
+def seq_mean_token_mean(per_token: torch.Tensor, m: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    row_sum, row_len = _row_sums(per_token, m)
+    return _seq_mean(row_sum / torch.where(row_len > 0, row_len, 1.0), row_len)
+
+
+@register_aggregation("seq-mean-token-sum-norm")
+def seq_mean_token_sum_norm(
+    per_token: torch.Tensor, m: torch.Tensor, cfg: LossConfig
+) -> torch.Tensor:
+    row_sum, row_len = _row_sums(per_token, m)
+    c = cfg.norm_constant if cfg.norm_constant is not None else float(per_token.shape[1])
+    return _seq_mean(row_sum / c, row_len)
+
+
+# --------------------------------------------------------------------------- composition
 
 
 def _check_finite(name: str, x: torch.Tensor, where: torch.Tensor | None = None) -> None:
@@ -248,6 +445,50 @@ def _check_finite(name: str, x: torch.Tensor, where: torch.Tensor | None = None)
         )
 
 
+def _check_all_finite(
+    rewards: torch.Tensor,
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    on: torch.Tensor,
+) -> None:
+    _check_finite("rewards", rewards)
+    _check_finite("logp", logp.detach(), on)
+    _check_finite("old_logp", old_logp, on)
+    if ref_logp is not None:
+        _check_finite("ref_logp", ref_logp, on)
+
+
+@torch.no_grad()
+def _stats(
+    surrogate: SurrogateOutput,
+    x: torch.Tensor,
+    xo: torch.Tensor,
+    kl: torch.Tensor | None,
+    adv: GroupAdvantages,
+    m: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    cdt = m.dtype
+    zero = torch.zeros((), dtype=cdt, device=m.device)
+    tokens = m.sum()
+    denom = torch.where(tokens > 0, tokens, 1.0)
+
+    def frac(cond: torch.Tensor) -> torch.Tensor:
+        return (cond.to(cdt) * m).sum() / denom
+
+    n = m.shape[0]
+    flags = surrogate.token_flags
+    return {
+        **{k: frac(flags[k]) if k in flags else zero.clone() for k in STAT_NAMES[:3]},
+        "approx_kl": (0.5 * (x - xo).detach() ** 2 * m).sum() / denom,
+        "kl": (kl.detach() * m).sum() / denom if kl is not None else zero.clone(),
+        "adv_abs_mean": (adv.advantages.abs().sum() / max(n, 1)).to(cdt),
+        "zero_adv_group_frac": adv.flat.to(cdt).mean() if adv.flat.numel() > 0 else zero.clone(),
+        "tokens": tokens.detach(),
+        "sequences": (m.sum(dim=1) > 0).sum().to(cdt),
+    }
+
+
 def grpo_loss_reference(
     rewards: torch.Tensor,
     group_ids: torch.Tensor,
@@ -257,7 +498,8 @@ def grpo_loss_reference(
     ref_logp: torch.Tensor | None = None,
     cfg: LossConfig = LossConfig(),
 ) -> LossOutput:
-    """The GRPO-family loss in plain torch ops (see the module docstring for the math).
+    """The GRPO-family loss in plain torch ops, composed from the registered pieces named in
+    ``cfg`` (see the module docstring for the math).
 
     Computes in float64 for float64 ``logp`` and in float32 otherwise; the loss is returned in
     that dtype. Advantages are always computed in float64.
@@ -267,76 +509,18 @@ def grpo_loss_reference(
     on = mask if mask.dtype == torch.bool else mask != 0
     m = mask.to(cdt)
     if cfg.check_finite:
-        _check_finite("rewards", rewards)
-        _check_finite("logp", logp.detach(), on)
-        _check_finite("old_logp", old_logp, on)
-        if ref_logp is not None:
-            _check_finite("ref_logp", ref_logp, on)
+        _check_all_finite(rewards, logp, old_logp, ref_logp, on)
 
-    adv64, flat, _ = _group_stats(rewards, group_ids, cfg.std_normalize, cfg.eps, cfg.zero_var_tol)
-    a = adv64.to(cdt)[:, None]  # [N, 1]: broadcast, never expanded
+    adv = ADVANTAGES.get(cfg.advantage)(rewards, group_ids, cfg)
     zero = torch.zeros((), dtype=cdt, device=logp.device)
     x = torch.where(on, logp.to(cdt), zero)  # masked positions never enter the math
     xo = torch.where(on, old_logp.detach().to(cdt), zero)
-
-    log_ratio = x - xo
-    ratio = torch.exp(log_ratio)
-    lo, hi = 1.0 - cfg.clip_low, 1.0 + cfg.clip_high
-    pg1 = -a * ratio
-    pg2 = -a * torch.clamp(ratio, lo, hi)
-    pg = torch.maximum(pg1, pg2)
-    if cfg.dual_clip is not None:
-        dual_bound = -a * cfg.dual_clip
-        dual_active = (a < 0) & (pg > dual_bound)
-        pg = torch.where(a < 0, torch.minimum(pg, dual_bound), pg)
-    else:
-        dual_active = torch.zeros_like(on)
-
-    per_token = pg
+    a = adv.advantages.to(cdt)[:, None]  # [N, 1]: broadcast, never expanded
+    surrogate = POLICY_LOSSES.get(cfg.policy_loss)(x, xo, a, cfg)
+    per_token, kl = surrogate.per_token, None
     if ref_logp is not None:
         xr = torch.where(on, ref_logp.detach().to(cdt), zero)
-        if cfg.kl_estimator == "k1":
-            kl = x - xr
-        elif cfg.kl_estimator == "k2":
-            kl = 0.5 * (x - xr) ** 2
-        else:
-            d = xr - x
-            kl = torch.exp(d) - d - 1.0
+        kl = KL_PENALTIES.get(cfg.kl_estimator)(x, xr)
         per_token = per_token + cfg.kl_coef * kl
-    else:
-        kl = None
-
-    row_len = m.sum(dim=1)
-    nonempty = row_len > 0
-    tokens = m.sum()
-    seqs = nonempty.sum().to(cdt)
-    row_sum = (per_token * m).sum(dim=1)
-    if cfg.aggregation == "token-mean":
-        loss = row_sum.sum() / torch.where(tokens > 0, tokens, 1.0)
-    else:
-        if cfg.aggregation == "seq-mean-token-mean":
-            per_row = row_sum / torch.where(nonempty, row_len, 1.0)
-        else:
-            c = cfg.norm_constant if cfg.norm_constant is not None else float(logp.shape[1])
-            per_row = row_sum / c
-        loss = torch.where(nonempty, per_row, 0.0).sum() / seqs.clamp_min(1.0)
-
-    with torch.no_grad():
-        denom = torch.where(tokens > 0, tokens, 1.0)
-
-        def frac(cond: torch.Tensor) -> torch.Tensor:
-            return (cond.to(cdt) * m).sum() / denom
-
-        n = logp.shape[0]
-        stats = {
-            "clip_frac_low": frac((a < 0) & (ratio < lo)),
-            "clip_frac_high": frac((a > 0) & (ratio > hi)),
-            "dual_clip_frac": frac(dual_active),
-            "approx_kl": (0.5 * log_ratio.detach() ** 2 * m).sum() / denom,
-            "kl": (kl.detach() * m).sum() / denom if kl is not None else zero.clone(),
-            "adv_abs_mean": (adv64.abs().sum() / max(n, 1)).to(cdt),
-            "zero_adv_group_frac": (flat.to(cdt).mean() if flat.numel() > 0 else zero.clone()),
-            "tokens": tokens.detach(),
-            "sequences": seqs,
-        }
-    return LossOutput(loss, stats)
+    loss = LOSS_AGGREGATIONS.get(cfg.aggregation)(per_token, m, cfg)
+    return LossOutput(loss, _stats(surrogate, x, xo, kl, adv, m))

@@ -1,18 +1,19 @@
 """The history store: every rollout's outcome, appended each step, queried at epoch ends.
 
 ``HistoryStore`` writes one shard (one per rank), ``HistoryReader`` merges all shards and
-answers the curricula (``epoch_summary``) and the CLI. Format: ``FORMAT.md``.
+answers the curricula (``epoch_summary``) and the CLI; ``rollout_columns`` turns a step's
+rollouts into the records ``HistoryStore.append`` takes. Format: ``FORMAT.md``.
+
+Modules: ``schema`` (record columns, flag bits), ``codecs`` (column encodings), ``frames``
+(segment-file frames, checksums), ``manifest`` (file names, the shard manifest),
+``segment`` (reading one segment file), ``repair`` (torn-tail and orphan cleanup),
+``inputs`` (caller columns to on-disk dtypes), ``writer``, ``reader``, ``summary`` (the
+per-prompt epoch summary), ``records``, ``errors``, ``synth`` (test data), ``cli``.
 """
 
-from srpo.history.format import (
-    FLAG_TRUNCATED,
-    FLAG_VERIFIER_ERROR,
-    FORMAT_VERSION,
-    HistoryCorruptError,
-    HistoryError,
-    NotAStoreError,
-)
-from srpo.history.segment import Problem
+from srpo.history.errors import HistoryCorruptError, HistoryError, NotAStoreError, Problem
+from srpo.history.records import rollout_columns
+from srpo.history.schema import FLAG_TRUNCATED, FLAG_VERIFIER_ERROR, FORMAT_VERSION
 from srpo.history.writer import HistoryStore
 
 
@@ -36,4 +37,5 @@ __all__ = [
     "HistoryStore",
     "NotAStoreError",
     "Problem",
+    "rollout_columns",
 ]

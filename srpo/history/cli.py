@@ -15,18 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from srpo.history.format import (
-    FLAG_TRUNCATED,
-    FLAG_VERIFIER_ERROR,
-    HistoryError,
-    list_shards,
-)
+from srpo.errors import SrpoError
+from srpo.history.manifest import list_shards
+from srpo.history.schema import FLAG_TRUNCATED, FLAG_VERIFIER_ERROR
 
 _BARS = " ▁▂▃▄▅▆▇█"
 
 
-class _BadInput(Exception):
-    pass
+class _BadInput(SrpoError):
+    """A bad command line (no store there, an unparsable id, a missing extra)."""
 
 
 def _store_root(run_dir: str) -> Path:
@@ -54,7 +51,7 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return fn(args)
-        except (_BadInput, HistoryError, OSError, ValueError) as e:
+        except (SrpoError, OSError, ValueError) as e:  # HistoryError is an SrpoError
             print(f"srpo history {args.history_command}: error: {e}", file=sys.stderr)
             return 2
         except BrokenPipeError:  # `... | head`

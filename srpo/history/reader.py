@@ -7,8 +7,8 @@ or raise in ``strict`` mode; the rest of the store stays readable.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,22 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from srpo.history.format import (
-    BY_NAME,
-    ENC_CONST,
-    RAW_RECORD_BYTES,
-    RECORD_COLUMNS,
-    TOKEN_COLUMNS,
-    BlockHeader,
+from srpo.errors import warn
+from srpo.history.errors import (
+    BlockCorruptError,
     HistoryCorruptError,
-    Manifest,
     NotAStoreError,
-    list_shards,
-    manifest_path,
-    parse_manifest,
-    runs_of,
+    Problem,
 )
-from srpo.history.segment import BlockCorruptError, Problem, SegmentView, take_rows
+from srpo.history.manifest import Manifest, list_shards, manifest_path, parse_manifest
+from srpo.history.schema import BY_NAME, RAW_RECORD_BYTES, RECORD_COLUMNS, TOKEN_COLUMNS
+from srpo.history.segment import SegmentView, take_rows
+from srpo.history.summary import SummaryAcc, block_summary
 from srpo.types import PromptSummary
 
 COUNT_KEYS = ("domain", "stage", "epoch", "step", "flags", "correct", "sample")
@@ -44,56 +39,47 @@ def _concat(parts: list[dict[str, np.ndarray]], names: Sequence[str]) -> dict[st
     }
 
 
-class _SummaryAcc:
-    """Streaming per-prompt aggregation: partial rows per block, merged by sorting in bulk.
+def _verify_blocks(v: SegmentView, problems: list[Problem]) -> int:
+    """Decode every column of every block of ``v``: returns the readable records, adds the
+    damaged blocks to ``problems``."""
+    visible = 0
+    for i in range(len(v.index)):
+        try:
+            bh = v.header(i)
+            for name in bh.columns:
+                v.column(bh, name, i)
+            visible += bh.n
+        except BlockCorruptError as err:
+            problems.append(err.problem)
+    return visible
 
-    Memory stays O(prompts + flush_rows) however many epochs are read.
-    """
 
-    def __init__(self, flush_rows: int = 1 << 22) -> None:
-        self.flush_rows = flush_rows
-        self.parts: list[tuple[np.ndarray, ...]] = []
-        self.rows = 0
+def _token_raw_bytes(v: SegmentView) -> int:
+    """Uncompressed bytes of the token columns of a segment's readable blocks."""
+    total = 0
+    for i in range(len(v.index)):
+        try:
+            bh = v.header(i)
+        except BlockCorruptError:
+            continue
+        total += sum(bh.columns[k][1] for k in TOKEN_COLUMNS if k in bh.columns)
+    return total
 
-    def add(self, *cols: np.ndarray) -> None:
-        self.parts.append(cols)
-        self.rows += cols[0].size
-        if self.rows >= self.flush_rows and len(self.parts) > 1:
-            self._merge()
 
-    def _merge(self) -> None:
-        # one sort by id, then one column at a time (frees each input as it goes): peak
-        # memory stays a few arrays of the output's length
-        parts = [list(p) for p in self.parts]
-        self.parts = []
-        ids = np.concatenate([p[0] for p in parts])
-        order = np.argsort(ids)
-        ids = ids[order]
-        starts = np.concatenate(([0], np.flatnonzero(ids[1:] != ids[:-1]) + 1))
-        out = [ids[starts]]
-        del ids
-        for j, op in ((1, np.add), (2, np.add), (3, np.add), (4, np.maximum)):
-            col = np.concatenate([p[j] for p in parts])
-            for p in parts:
-                p[j] = None
-            out.append(op.reduceat(col[order], starts))
-            del col
-        self.parts = [tuple(out)]
-        self.rows = out[0].size
-
-    def result(self) -> PromptSummary:
-        if not self.parts:
-            z = np.zeros(0, np.int64)
-            return PromptSummary(np.zeros(0, np.uint64), z, z.copy(), np.zeros(0), z.copy())
-        self._merge()
-        ids, n, nc, rs, last = self.parts[0]
-        return PromptSummary(
-            prompt_id=ids,
-            n=n,
-            n_correct=nc,
-            reward_mean=rs / np.maximum(n, 1),
-            last_step=last,
-        )
+def _epoch_stats(summ: PromptSummary) -> dict[str, Any]:
+    """Records, prompts, pass rate, reward and the pass-rate distribution of one epoch."""
+    n, nc = summ.n, summ.n_correct
+    hist, _ = np.histogram(nc / np.maximum(n, 1), bins=10, range=(0.0, 1.0))
+    return {
+        "records": int(n.sum()),
+        "prompts": int(n.size),
+        "pass_rate": float(nc.sum() / max(1, n.sum())),
+        "reward_mean": float((summ.reward_mean * n).sum() / max(1, n.sum())),
+        "all_correct": float((nc == n).mean()) if n.size else 0.0,
+        "all_wrong": float((nc == 0).mean()) if n.size else 0.0,
+        "mixed": float(((nc > 0) & (nc < n)).mean()) if n.size else 0.0,
+        "pass_rate_hist": hist.tolist(),
+    }
 
 
 @dataclass
@@ -104,18 +90,26 @@ class _Shard:
 
 
 class HistoryReader:
-    """Read-only view of a history store (all shards); see the module docstring."""
+    """Read-only view of a history store (all shards); see the module docstring.
+
+    It holds a descriptor (and a map) per live segment: ``close()`` it, or use it as a
+    context manager (``with HistoryReader(root) as r: ...``).
+    """
 
     def __init__(self, root: str | os.PathLike[str], *, strict: bool = False) -> None:
         self.root = Path(root)
         self.strict = strict
-        if not self.root.is_dir():
-            raise NotAStoreError(f"{self.root}: no such directory")
         self._shards: dict[int, _Shard] = {}
         self._problems: dict[tuple[Any, ...], Problem] = {}
-        self._refresh()
-        if not self._shards and not self._problems:
-            raise NotAStoreError(f"{self.root}: not a history store (no shard manifest)")
+        if not self.root.is_dir():
+            raise NotAStoreError(f"{self.root}: no such directory")
+        try:
+            self._refresh()
+            if not self._shards and not self._problems:
+                raise NotAStoreError(f"{self.root}: not a history store (no shard manifest)")
+        except BaseException:
+            self.close()
+            raise
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -129,7 +123,7 @@ class HistoryReader:
         if key not in self._problems:
             self._problems[key] = p
             if not self.strict:
-                warnings.warn(f"history store: {p} (skipped)", stacklevel=3)
+                warn(f"history store: {p} (skipped)", stacklevel=3)
         if self.strict:
             raise HistoryCorruptError(str(p))
 
@@ -187,13 +181,6 @@ class HistoryReader:
                     sel = np.flatnonzero(hi > lo).tolist()
                 for i in sel:
                     yield v, i
-
-    def _const(self, v: SegmentView, bh: BlockHeader, name: str, i: int) -> Any:
-        """The value of a constant column chunk, or None (then decode the column)."""
-        enc, _, mv = v.chunk(bh, name, i)
-        if enc != ENC_CONST:
-            return None
-        return np.frombuffer(mv, BY_NAME[name].dtype, count=1)[0]
 
     # -- queries -----------------------------------------------------------------------
 
@@ -256,56 +243,16 @@ class HistoryReader:
         """
         self._refresh()
         want = np.unique(np.asarray(list(epochs), dtype=np.int64))
-        acc = _SummaryAcc()
+        acc = SummaryAcc()
         for v, i in self._blocks(want):
             try:
-                part = self._block_summary(v, i, want)
+                part = block_summary(v, i, want)
             except BlockCorruptError as e:
                 self._report(e.problem)
                 continue
             if part is not None:
-                acc.add(*part)
+                acc.add(part)
         return acc.result()
-
-    def _block_summary(
-        self, v: SegmentView, i: int, want: np.ndarray
-    ) -> tuple[np.ndarray, ...] | None:
-        bh = v.header(i)
-        if bh.epoch_min == bh.epoch_max:
-            ids, runs = v.runs(bh, "prompt_id", i)
-            n = runs.astype(np.int64)
-            starts = np.zeros(n.size, np.int64)
-            np.cumsum(n[:-1], out=starts[1:])
-            const = {k: self._const(v, bh, k, i) for k in ("correct", "reward", "step")}
-            cols = {k: v.column(bh, k, i) for k, c in const.items() if c is None}
-        else:
-            ep = v.column(bh, "epoch", i)
-            mask = np.isin(ep, want)
-            if not mask.any():
-                return None
-            cols = {k: v.column(bh, k, i)[mask] for k in ("prompt_id", "correct", "reward", "step")}
-            ids, runs = runs_of(cols.pop("prompt_id"))
-            n = runs.astype(np.int64)
-            starts = np.zeros(n.size, np.int64)
-            np.cumsum(n[:-1], out=starts[1:])
-            const = {k: None for k in cols}
-        c, r, s = const["correct"], const["reward"], const["step"]
-        nc = (
-            n * int(c)
-            if c is not None
-            else np.add.reduceat(cols["correct"], starts, dtype=np.int64)
-        )
-        rs = (
-            n * float(r)
-            if r is not None
-            else np.add.reduceat(cols["reward"], starts, dtype=np.float64)
-        )
-        last = (
-            np.full(n.size, int(s), np.int64)
-            if s is not None
-            else np.maximum.reduceat(cols["step"], starts).astype(np.int64)
-        )
-        return ids, n, nc, rs, last
 
     def prompt_history(self, prompt_id: int) -> dict[str, np.ndarray]:
         """Every committed rollout of one prompt, sorted by (epoch, step, sample)."""
@@ -341,7 +288,7 @@ class HistoryReader:
                     vals, cnts = [int(row["epoch_min"])], [int(row["n"])]
                 else:
                     bh = v.header(i)
-                    c = self._const(v, bh, by, i)
+                    c = v.const(bh, by, i)
                     if c is not None:
                         vals, cnts = [int(c)], [bh.n]
                     else:
@@ -366,6 +313,32 @@ class HistoryReader:
     def stats(self) -> dict[str, Any]:
         """Size, compression and per-epoch pass-rate distribution of the store."""
         self._refresh()
+        sizes = self._sizes()
+        per_epoch: dict[int, dict[str, Any]] = {}
+        prompts = np.zeros(0, np.uint64)
+        for e in self.epochs():
+            summ = self.epoch_summary([e])
+            prompts = np.union1d(prompts, summ.prompt_id)
+            per_epoch[e] = _epoch_stats(summ)
+        records, disk, raw = sizes["records"], sizes["bytes_on_disk"], sizes["raw_bytes"]
+        return {
+            "records": records,
+            "epochs": sorted(per_epoch),
+            "prompts": int(prompts.size),
+            "shards": len(self._shards),
+            "segments": sizes["segments"],
+            "blocks": sizes["blocks"],
+            "bytes_on_disk": disk,
+            "raw_bytes": raw,
+            "compression_ratio": raw / disk if disk else 0.0,
+            "bytes_per_record": disk / records if records else 0.0,
+            "committed_steps": self.committed_steps(),
+            "per_epoch": per_epoch,
+            "problems": len(self._problems),
+        }
+
+    def _sizes(self) -> dict[str, int]:
+        """Records, segments, blocks, bytes on disk and raw (uncompressed) bytes."""
         records = blocks = segments = disk = token_raw = 0
         for shard, s in self._shards.items():
             disk += manifest_path(self.root, shard).stat().st_size
@@ -376,45 +349,13 @@ class HistoryReader:
                 if v.fd >= 0:
                     disk += os.fstat(v.fd).st_size
                 if v.store_tokens:
-                    for i in range(len(v.index)):
-                        try:
-                            bh = v.header(i)
-                        except BlockCorruptError:
-                            continue
-                        token_raw += sum(bh.columns[k][1] for k in TOKEN_COLUMNS if k in bh.columns)
-        raw = records * RAW_RECORD_BYTES + token_raw
-        per_epoch: dict[int, dict[str, Any]] = {}
-        prompts = np.zeros(0, np.uint64)
-        for e in self.epochs():
-            summ = self.epoch_summary([e])
-            prompts = np.union1d(prompts, summ.prompt_id)
-            n, nc = summ.n, summ.n_correct
-            rate = nc / np.maximum(n, 1)
-            hist, _ = np.histogram(rate, bins=10, range=(0.0, 1.0))
-            per_epoch[e] = {
-                "records": int(n.sum()),
-                "prompts": int(n.size),
-                "pass_rate": float(nc.sum() / max(1, n.sum())),
-                "reward_mean": float((summ.reward_mean * n).sum() / max(1, n.sum())),
-                "all_correct": float((nc == n).mean()) if n.size else 0.0,
-                "all_wrong": float((nc == 0).mean()) if n.size else 0.0,
-                "mixed": float(((nc > 0) & (nc < n)).mean()) if n.size else 0.0,
-                "pass_rate_hist": hist.tolist(),
-            }
+                    token_raw += _token_raw_bytes(v)
         return {
             "records": records,
-            "epochs": sorted(per_epoch),
-            "prompts": int(prompts.size),
-            "shards": len(self._shards),
             "segments": segments,
             "blocks": blocks,
             "bytes_on_disk": disk,
-            "raw_bytes": raw,
-            "compression_ratio": raw / disk if disk else 0.0,
-            "bytes_per_record": disk / records if records else 0.0,
-            "committed_steps": self.committed_steps(),
-            "per_epoch": per_epoch,
-            "problems": len(self._problems),
+            "raw_bytes": records * RAW_RECORD_BYTES + token_raw,
         }
 
     def verify(self) -> list[Problem]:
@@ -427,39 +368,23 @@ class HistoryReader:
             except (HistoryCorruptError, OSError) as e:
                 problems.append(Problem(shard, path.name, None, None, str(e)))
                 continue
-            visible = 0
-            last = None
+            visible, last = 0, None
             for e in m.segments:
-                v = SegmentView(self.root, shard, e)
-                try:
+                with contextlib.closing(SegmentView(self.root, shard, e)) as v:
                     problems += v.problems
-                    for i in range(len(v.index)):
-                        try:
-                            bh = v.header(i)
-                            for name in bh.columns:
-                                v.column(bh, name, i)
-                            visible += bh.n
-                        except BlockCorruptError as err:
-                            problems.append(err.problem)
+                    visible += _verify_blocks(v, problems)
                     if e.state == "active":
                         last = v.last_commit
-                finally:
-                    v.close()
             if last is not None and last.records != visible:
-                problems.append(
-                    Problem(
-                        shard,
-                        path.name,
-                        None,
-                        None,
-                        f"{visible} readable records, {last.records} committed",
-                    )
-                )
+                msg = f"{visible} readable records, {last.records} committed"
+                problems.append(Problem(shard, path.name, None, None, msg))
         return problems
 
     # -- closing -----------------------------------------------------------------------
 
     def close(self) -> None:
+        """Release every segment's descriptor and map (idempotent); queries after it
+        reopen what they need."""
         for s in self._shards.values():
             for v in s.views:
                 v.close()
@@ -470,3 +395,7 @@ class HistoryReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __del__(self) -> None:  # last resort; owners call close()
+        with contextlib.suppress(Exception):
+            self.close()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from srpo.history.format import (
-    HistoryCorruptError,
+from srpo.history.errors import HistoryCorruptError
+from srpo.history.manifest import (
     Manifest,
     fsync_dir,
     manifest_path,

@@ -8,6 +8,7 @@ never pulls pages from under a reader.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from srpo.history.format import (
+from srpo.history.codecs import ENC_CONST, decode_chunk, decode_runs
+from srpo.history.errors import BlockCorruptError, HistoryCorruptError, Problem
+from srpo.history.frames import (
     BLOCK_MAGIC,
     COMMIT_FRAME,
     COMMIT_MAGIC,
@@ -27,54 +30,27 @@ from srpo.history.format import (
     SEGMENT_HEADER,
     BlockHeader,
     Commit,
-    HistoryCorruptError,
-    SegmentEntry,
     crc32,
-    decode_chunk,
-    decode_runs,
     parse_block_header,
     parse_commit,
     parse_footer,
     parse_segment_header,
-    segment_path,
 )
+from srpo.history.manifest import SegmentEntry, segment_path
+from srpo.history.schema import BY_NAME
 
 _SCAN_CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One detected corruption, located as precisely as the format allows."""
-
-    shard: int
-    segment: str
-    block: int | None
-    offset: int | None
-    message: str
-
-    def __str__(self) -> str:
-        where = self.segment
-        if self.block is not None:
-            where += f" block {self.block}"
-        if self.offset is not None:
-            where += f" @{self.offset}"
-        return f"shard {self.shard}: {where}: {self.message}"
-
-
-class BlockCorruptError(HistoryCorruptError):
-    """A block failed a check; carries where, for reporting."""
-
-    def __init__(self, problem: Problem) -> None:
-        super().__init__(str(problem))
-        self.problem = problem
-
-
 @dataclass
 class ScanResult:
+    """What ``scan`` found: blocks (index rows), damaged byte ranges, and every frame in file
+    order as ``events``: ("block", offset, row), ("commit", frame end, Commit), ("skip",
+    offset, (start, end))."""
+
     blocks: list[tuple[int, int, int, int, int, int, int]] = field(default_factory=list)
-    commits: list[tuple[int, Commit]] = field(default_factory=list)  # (frame end, commit)
     skipped: list[tuple[int, int]] = field(default_factory=list)  # unparseable byte ranges
-    events: list[tuple[str, int, Any]] = field(default_factory=list)  # all three, in order
+    events: list[tuple[str, int, Any]] = field(default_factory=list)
 
 
 def _frame_at(fd: int, pos: int, end: int) -> tuple[str, int, object] | None:
@@ -131,7 +107,6 @@ def scan(fd: int, start: int, end: int) -> ScanResult:
             res.blocks.append((pos, bh.n, bh.epoch_min, bh.epoch_max, bh.step_min, bh.step_max, 0))
             res.events.append(("block", pos, res.blocks[-1]))
         else:
-            res.commits.append((fend, parsed))  # type: ignore[arg-type]
             res.events.append(("commit", fend, parsed))
         pos = fend
     return res
@@ -175,6 +150,7 @@ class SegmentView:
         self.last_commit: Commit | None = None
         self.index = np.zeros(0, INDEX_DTYPE)
         self.visible_end = SEGMENT_HEADER.size
+        self.store_tokens = False
         self._mm: mmap.mmap | None = None
         self._mm_len = 0
         self._dctx = zstandard.ZstdDecompressor()
@@ -189,7 +165,11 @@ class SegmentView:
         except HistoryCorruptError as e:
             self._problem(None, 0, str(e))
             return
-        self._load()
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
 
     # -- locating blocks ---------------------------------------------------------------
 
@@ -285,6 +265,7 @@ class SegmentView:
 
     def _buffer(self) -> memoryview:
         if self._mm is None or self._mm_len != self.visible_end:
+            self._drop_map()
             self._mm = mmap.mmap(self.fd, self.visible_end, access=mmap.ACCESS_READ)
             self._mm_len = self.visible_end
         return memoryview(self._mm)
@@ -311,7 +292,7 @@ class SegmentView:
         enc, raw_len, mv = self.chunk(bh, name, block)
         n = bh.n
         if name == "token_ids":
-            n = raw_len // 4 if enc != 0 else 0
+            n = raw_len // 4 if enc != ENC_CONST else 0
         try:
             return decode_chunk(name, enc, mv, raw_len, n, self._dctx)
         except (zstandard.ZstdError, ValueError, HistoryCorruptError) as e:
@@ -328,8 +309,12 @@ class SegmentView:
                 Problem(self.shard, self.name, block, bh.offset, f"cannot decode {name}: {e}")
             ) from None
 
-    def is_const(self, bh: BlockHeader, name: str) -> bool:
-        return bh.columns[name][0] == 0
+    def const(self, bh: BlockHeader, name: str, block: int) -> Any:
+        """The value of a constant column chunk, or None (then decode the column)."""
+        enc, _, mv = self.chunk(bh, name, block)
+        if enc != ENC_CONST:
+            return None
+        return np.frombuffer(mv, BY_NAME[name].dtype, count=1)[0]
 
     def read_block(self, i: int, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """Decode columns of block ``i`` (all it has by default)."""
@@ -337,8 +322,23 @@ class SegmentView:
         names = tuple(bh.columns) if names is None else names
         return {nm: self.column(bh, nm, i) for nm in names if nm in bh.columns}
 
+    # -- closing ---------------------------------------------------------------------
+
+    def _drop_map(self) -> None:
+        # an mmap holds its own (dup'ed) descriptor: close it now, unless a caller still
+        # holds a view of it (then it goes with the last view)
+        if self._mm is not None:
+            with contextlib.suppress(BufferError):
+                self._mm.close()
+            self._mm = None
+
     def close(self) -> None:
-        self._mm = None
+        """Release the segment's descriptor and map (idempotent)."""
+        self._drop_map()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def __del__(self) -> None:  # last resort; owners call close()
+        with contextlib.suppress(Exception):
+            self.close()

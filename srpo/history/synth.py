@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from srpo.history.format import FLAG_TRUNCATED, FLAG_VERIFIER_ERROR
+from srpo.history.schema import FLAG_TRUNCATED, FLAG_VERIFIER_ERROR
 
 MAX_LEN = 4096
 

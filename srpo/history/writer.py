@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,24 +17,26 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from srpo.history.format import (
-    BY_NAME,
+from srpo.errors import warn
+from srpo.history.errors import HistoryCorruptError, HistoryError
+from srpo.history.frames import (
     INDEX_DTYPE,
-    RECORD_COLUMNS,
     SEGMENT_HEADER,
+    BlockStats,
     Commit,
-    HistoryCorruptError,
-    HistoryError,
-    Manifest,
-    SegmentEntry,
     commit_frame,
     encode_block,
     footer_bytes,
+    segment_header,
+)
+from srpo.history.inputs import record_columns, token_columns
+from srpo.history.manifest import (
+    Manifest,
+    SegmentEntry,
+    lock_path,
     read_manifest,
     segment_files,
-    segment_header,
     segment_path,
-    write_all,
     write_manifest,
 )
 from srpo.history.repair import repair_shard
@@ -43,40 +44,41 @@ from srpo.history.segment import SegmentView, take_rows
 
 _U32_MAX = 2**32 - 1
 
-
-def _to_numpy(v: Any) -> np.ndarray:
-    if hasattr(v, "detach"):  # torch tensor (CPU)
-        v = v.detach().cpu().numpy()
-    return np.asarray(v)
+Frame = tuple[bytes, BlockStats]  # an encoded block and its index stats
 
 
-def _convert(name: str, v: Any, n: int | None) -> np.ndarray:
-    """One input column as the on-disk dtype, with range checks (no silent wrap-around)."""
-    a = _to_numpy(v)
-    target = BY_NAME[name].dtype
-    if a.ndim > 1:
-        raise ValueError(f"{name}: expected a 1-d column, got shape {a.shape}")
-    if a.dtype == np.bool_:
-        a = a.view(np.uint8)
-    if a.dtype != target:
-        if target.kind in "ui":
-            if a.dtype.kind not in "ui":
-                raise TypeError(f"{name}: integer column, got dtype {a.dtype}")
-            if name == "prompt_id" and a.dtype == np.int64:
-                a = a.view(np.uint64)  # torch has no u64: ids travel as bit-identical int64
-            elif a.size:
-                info = np.iinfo(target)
-                lo, hi = int(a.min()), int(a.max())
-                if lo < info.min or hi > info.max:
-                    raise ValueError(f"{name}: values [{lo}, {hi}] do not fit {target}")
-        elif a.dtype.kind not in "uif":
-            raise TypeError(f"{name}: numeric column, got dtype {a.dtype}")
-        a = a.astype(target)
-    if a.ndim == 0:
-        if n is None:
-            raise ValueError(f"{name}: a scalar needs at least one array column beside it")
-        a = np.full(n, a, dtype=target)
-    return np.ascontiguousarray(a)
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    mv = memoryview(data)
+    while mv.nbytes:
+        k = os.write(fd, mv)
+        mv = mv[k:]
+
+
+def _first_block_after(views: list[SegmentView], step: int) -> tuple[int, int] | None:
+    """(segment, block) of the first block holding a record with a step after ``step``."""
+    for vi, v in enumerate(views):
+        hit = np.flatnonzero(v.index["step_max"] > step)
+        if hit.size:
+            return vi, int(hit[0])
+    return None
+
+
+def _rows_up_to(
+    views: list[SegmentView], first_block: int, step: int
+) -> tuple[list[dict[str, np.ndarray]], int]:
+    """Rows with step <= ``step`` of ``views`` from block ``first_block`` of the first one
+    on, and how many rows that leaves out."""
+    kept, dropped = [], 0
+    for k, v in enumerate(views):
+        if v.problems:
+            raise HistoryCorruptError(f"cannot truncate: {v.problems[0]}")
+        for bi in range(first_block if k == 0 else 0, len(v.index)):
+            cols = v.read_block(bi)
+            keep = cols["step"] <= step
+            dropped += int(keep.size - keep.sum())
+            if keep.any():
+                kept.append(take_rows(cols, keep))
+    return kept, dropped
 
 
 class HistoryStore:
@@ -115,9 +117,7 @@ class HistoryStore:
         self._pending_max_step = -1
         self._unsynced_n = 0  # records written into blocks since the last commit
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(
-            self.root / f"shard-{shard:05d}.lock", os.O_RDWR | os.O_CREAT, 0o644
-        )
+        self._lock_fd = os.open(lock_path(self.root, shard), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -170,21 +170,16 @@ class HistoryStore:
         self._fd = os.open(view.path, os.O_WRONLY | os.O_APPEND)
         self._pos = self._commit_pos = view.visible_end
 
-    def _write_segment(self, seg_id: int, frames: list[bytes], c: Commit) -> list[tuple]:
-        """Create a complete segment file (header, frames, commit), fsynced. Returns index rows."""
+    def _write_segment(self, seg_id: int, frames: list[Frame], c: Commit) -> None:
+        """Create a complete segment file (header, frames, commit), fsynced."""
         path = segment_path(self.root, self.shard, seg_id)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             head = segment_header(self.shard, seg_id, self.store_tokens)
-            pos, rows = len(head), []
-            for f, stats in frames:
-                rows.append((pos, *stats, 0))
-                pos += len(f)
-            write_all(fd, b"".join([head, *(f for f, _ in frames), commit_frame(c)]))
+            _write_all(fd, b"".join([head, *(f for f, _ in frames), commit_frame(c)]))
             os.fsync(fd)
         finally:
             os.close(fd)
-        return rows
 
     def _next_seg_id(self) -> int:
         ids = [s.seg_id for s in self._manifest.segments]
@@ -213,48 +208,32 @@ class HistoryStore:
         ``prompt_id`` may be int64 (bitwise u64). ``tokens`` (one 1-d id array per rollout)
         is stored only when the store was opened with ``store_tokens=True``, and required then.
         """
-        given = {
-            "prompt_id": prompt_id,
-            "epoch": epoch,
-            "step": step,
-            "sample": sample,
-            "domain": domain,
-            "reward": reward,
-            "correct": correct,
-            "length": length,
-            "flags": flags,
-            "stage": stage,
-        }
-        given = {k: _to_numpy(v) for k, v in given.items()}
-        sizes = {a.shape[0] for a in given.values() if a.ndim == 1}
-        if len(sizes) > 1:
-            raise ValueError(f"columns have different lengths: {sorted(sizes)}")
-        n = sizes.pop() if sizes else None
-        cols = {name: _convert(name, given[name], n) for name in RECORD_COLUMNS}
+        cols = record_columns(
+            {
+                "prompt_id": prompt_id,
+                "epoch": epoch,
+                "step": step,
+                "sample": sample,
+                "domain": domain,
+                "reward": reward,
+                "correct": correct,
+                "length": length,
+                "flags": flags,
+                "stage": stage,
+            }
+        )
         n = cols["prompt_id"].size
         if n == 0:
             return
         if self.store_tokens:
-            if tokens is None or len(tokens) != n:
-                raise ValueError("store_tokens=True: pass tokens, one id array per rollout")
-            arrs = [_to_numpy(t).reshape(-1) for t in tokens]
-            counts = np.fromiter((a.size for a in arrs), np.uint32, count=n)
-            ids = np.concatenate(arrs) if arrs else np.zeros(0, np.int32)
-            if ids.size and ids.dtype != np.int32:
-                if ids.dtype.kind not in "ui":
-                    raise TypeError(f"tokens: integer ids expected, got {ids.dtype}")
-                lo, hi = int(ids.min()), int(ids.max())
-                if lo < -(2**31) or hi >= 2**31:
-                    raise ValueError(f"tokens: ids [{lo}, {hi}] do not fit int32")
-            cols["token_count"] = counts
-            cols["token_ids"] = ids.astype(np.int32, copy=False)
+            cols.update(token_columns(tokens, n))
         self._pending.append(cols)
         self._pending_n += n
         self._pending_max_step = max(self._pending_max_step, int(cols["step"].max()))
         if self._pending_n >= self.block_records:
             self._write_frames(self._encode_pending(full_only=True))
 
-    def _encode_pending(self, *, full_only: bool) -> list[tuple[bytes, tuple]]:
+    def _encode_pending(self, *, full_only: bool) -> list[Frame]:
         """Encode buffered records into blocks of ``block_records`` (and the rest, unless
         ``full_only``); what is not encoded stays buffered."""
         if not self._pending:
@@ -283,11 +262,11 @@ class HistoryStore:
         self._unsynced_n += cut
         return frames
 
-    def _write_frames(self, frames: list[tuple[bytes, tuple]], tail: bytes = b"") -> None:
+    def _write_frames(self, frames: list[Frame], tail: bytes = b"") -> None:
         for f, stats in frames:
             self._index.append((self._pos, *stats, 0))
             self._pos += len(f)
-        write_all(self._fd, b"".join([*(f for f, _ in frames), tail]))
+        _write_all(self._fd, b"".join([*(f for f, _ in frames), tail]))
         self._pos += len(tail)
 
     # -- committing --------------------------------------------------------------------
@@ -342,7 +321,7 @@ class HistoryStore:
         self._write_segment(new_id, [], self._commit)
         index = np.array(self._index, dtype=INDEX_DTYPE)
         footer = footer_bytes(index, self._pos)
-        write_all(self._fd, footer)
+        _write_all(self._fd, footer)
         os.fsync(self._fd)
         old = self._manifest.segments[-1]
         segs = (
@@ -374,54 +353,28 @@ class HistoryStore:
         if self.uncommitted_records:
             raise HistoryError("truncate_after with uncommitted appends: commit or reopen first")
         step = int(step)
+        old = self._commit
+        new_step = old.step if old.step is None else min(old.step, step)
         views = [SegmentView(self.root, self.shard, e) for e in self._manifest.segments]
         try:
-            first = None
-            for vi, v in enumerate(views):
-                hit = np.flatnonzero(v.index["step_max"] > step)
-                if hit.size:
-                    first = (vi, int(hit[0]))
-                    break
-            new_step = (
-                self._commit.step if self._commit.step is None else min(self._commit.step, step)
-            )
-            if first is None:
-                if new_step != self._commit.step:
-                    c = Commit(new_step, self._commit.records, self._commit.seq + 1)
-                    self._write_frames([], commit_frame(c))
-                    os.fsync(self._fd)
-                    self._commit, self._commit_pos = c, self._pos
+            first = _first_block_after(views, step)
+            if first is None:  # nothing to drop; at most the committed step goes back
+                if new_step != old.step:
+                    self._commit_in_place(Commit(new_step, old.records, old.seq + 1))
                 return 0
-            kept, dropped = [], 0
             vi0, bi0 = first
-            for vi in range(vi0, len(views)):
-                v = views[vi]
-                if v.problems:
-                    raise HistoryCorruptError(f"cannot truncate: {v.problems[0]}")
-                for bi in range(bi0 if vi == vi0 else 0, len(v.index)):
-                    cols = v.read_block(bi)
-                    keep = cols["step"] <= step
-                    dropped += int(keep.size - keep.sum())
-                    if keep.any():
-                        kept.append(take_rows(cols, keep))
-            frames = []
-            if kept:
-                cat = {k: np.concatenate([c[k] for c in kept]) for k in kept[0]}
-                self._pending, self._pending_n = [cat], int(cat["prompt_id"].size)
-                frames = self._encode_pending(full_only=False)
-                self._unsynced_n = 0
-            c = Commit(new_step, self._commit.records - dropped, self._commit.seq + 1)
-            new_id = self._next_seg_id()
-            self._write_segment(new_id, frames, c)
-            cut_entry = self._manifest.segments[vi0]
             cut_at = int(views[vi0].index["offset"][bi0])
-            segs = self._manifest.segments[:vi0]
-            if bi0 > 0:
-                segs += (SegmentEntry(cut_entry.seg_id, "cut", cut_at),)
-            segs += (SegmentEntry(new_id, "active"),)
+            kept, dropped = _rows_up_to(views[vi0:], bi0, step)
         finally:
             for v in views:
                 v.close()
+        frames = self._encode_rows(kept)
+        new_id = self._next_seg_id()
+        self._write_segment(new_id, frames, Commit(new_step, old.records - dropped, old.seq + 1))
+        segs = self._manifest.segments[:vi0]
+        if bi0 > 0:
+            segs += (SegmentEntry(self._manifest.segments[vi0].seg_id, "cut", cut_at),)
+        segs += (SegmentEntry(new_id, "active"),)
         self._swap_manifest(segs)
         view = repair_shard(self.root, self._manifest)  # the physical cut and deletions
         try:
@@ -430,6 +383,22 @@ class HistoryStore:
             view.close()
         return dropped
 
+    def _commit_in_place(self, c: Commit) -> None:
+        """Append commit frame ``c`` to the active segment, durably."""
+        self._write_frames([], commit_frame(c))
+        os.fsync(self._fd)
+        self._commit, self._commit_pos = c, self._pos
+
+    def _encode_rows(self, parts: list[dict[str, np.ndarray]]) -> list[Frame]:
+        """Blocks of the rows ``parts`` (kept by ``truncate_after``), bypassing the buffer."""
+        if not parts:
+            return []
+        cat = {k: np.concatenate([c[k] for c in parts]) for k in parts[0]}
+        self._pending, self._pending_n = [cat], int(cat["prompt_id"].size)
+        frames = self._encode_pending(full_only=False)
+        self._unsynced_n = 0
+        return frames
+
     # -- closing -----------------------------------------------------------------------
 
     def close(self) -> None:
@@ -437,10 +406,9 @@ class HistoryStore:
         if self._fd < 0:
             return
         if self.uncommitted_records:
-            warnings.warn(
+            warn(
                 f"history shard {self.shard}: {self.uncommitted_records} uncommitted records "
-                "discarded at close",
-                stacklevel=2,
+                "discarded at close"
             )
             os.ftruncate(self._fd, self._commit_pos)
             self._pending, self._pending_n, self._unsynced_n = [], 0, 0

@@ -12,7 +12,6 @@ import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,12 @@ import yaml
 from pydantic import ValidationError
 
 from srpo import registry
+from srpo.algo import registry as algo_registry
+from srpo.algo.loss import compiled_unsupported
 from srpo.api import Plugin, PluginContext
-from srpo.config import LoadedConfig, PluginSpec, format_validation_error, resolve_path
+from srpo.config import LoadedConfig, PluginSpec, RunConfig, format_validation_error, resolve_path
 from srpo.data import load_jsonl
-from srpo.errors import PluginError, SrpoError
+from srpo.errors import PluginError, PluginStartError, SrpoError
 from srpo.kernel.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -34,8 +35,8 @@ from srpo.kernel.checkpoint import (
     resolve_resume,
     set_rng_state,
 )
-from srpo.kernel.loop import Kernel, KernelSettings, Roles
-from srpo.ops import grpo_loss
+from srpo.kernel.loop import Kernel, KernelSettings
+from srpo.kernel.roles import Roles, close_plugins
 from srpo.types import Prompt
 
 RUN_MARKER = "srpo-run.json"
@@ -68,10 +69,30 @@ def _resolve(
     return cls, options
 
 
+def _check_algorithm(loaded: LoadedConfig) -> None:
+    """The algorithm's named pieces exist (checked after the plugins are imported, since a
+    plugin module may register more), and the compiled backend implements them if asked."""
+    from srpo.algo import LossConfig
+
+    a = loaded.config.algorithm
+    for key, reg in (
+        ("advantage", algo_registry.ADVANTAGES),
+        ("policy_loss", algo_registry.POLICY_LOSSES),
+        ("kl_estimator", algo_registry.KL_PENALTIES),
+        ("aggregation", algo_registry.LOSS_AGGREGATIONS),
+    ):
+        if getattr(a, key) not in reg:
+            raise loaded.error(("algorithm", key), reg.unknown(getattr(a, key)))
+    cfg = LossConfig.from_options(a)
+    if a.loss_backend == "compiled" and not cfg.fused:
+        raise loaded.error(("algorithm", "loss_backend"), compiled_unsupported(cfg))
+
+
 def plan(loaded: LoadedConfig) -> Plan:
-    """Resolve every plugin and validate its options against its own schema."""
+    """Resolve every plugin and validate its options against its own schema, then the
+    algorithm's names."""
     cfg = loaded.config
-    return Plan(
+    p = Plan(
         loaded=loaded,
         sampler=_resolve(loaded, "sampler", cfg.sampler, ("sampler",)),
         verifiers={
@@ -83,6 +104,8 @@ def plan(loaded: LoadedConfig) -> Plan:
             for i, s in enumerate(cfg.loggers)
         ],
     )
+    _check_algorithm(loaded)
+    return p
 
 
 def load_datasets(loaded: LoadedConfig, eval_split: bool = False) -> dict[str, list[Prompt]]:
@@ -127,7 +150,7 @@ def _construct(kind: str, cls: type[Plugin], options: Any, ctx: PluginContext) -
     except SrpoError:
         raise
     except Exception as e:
-        raise PluginError(
+        raise PluginStartError(
             f"{kind} plugin {cls.__module__}.{cls.__name__} failed to start: "
             f"{type(e).__name__}: {e}"
         ) from None
@@ -185,9 +208,12 @@ def build(
 ) -> Kernel:
     """Validate everything, then create (or, with ``resume``, reopen) the run directory and
     the Kernel. ``resume`` is ``"auto"`` (the newest complete checkpoint of
-    run.output_dir) or a checkpoint/run directory path."""
-    from srpo.policy import Policy
+    run.output_dir) or a checkpoint/run directory path. ``history_factory(run_dir, cfg)``
+    returns ``(store, open_reader)`` (see ``srpo.kernel.history_hook``).
 
+    If anything fails after plugins were constructed, they (and the history store) are
+    closed before the error propagates: no worker pool or sandbox outlives a failed start.
+    """
     cfg = loaded.config
     p = plan(loaded)
     datasets = load_datasets(loaded)
@@ -205,24 +231,7 @@ def build(
         ckpt, state = _prepare_resume(run_dir, resume, config, allow_config_change)
     else:
         check_output_dir(run_dir, overwrite)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    device = cfg.run.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(cfg.run.seed)
-    steps_per_epoch = -(-sum(len(v) for v in datasets.values()) // cfg.run.prompts_per_step)
-    total = cfg.run.max_steps or steps_per_epoch * cfg.run.epochs
-    # the run file's loss_backend values are srpo.ops.grpo_loss's own backends
-    loss_fn = partial(grpo_loss, backend=cfg.algorithm.loss_backend)
-    policy = Policy(
-        resolve_path(loaded, cfg.policy.path),
-        cfg.policy,
-        cfg.algorithm,
-        total,
-        loss_fn=loss_fn,
-        device=device,
-    )
+    policy = _make_policy(loaded, sum(len(v) for v in datasets.values()))
     ctx = PluginContext(
         run_dir=run_dir,
         seed=cfg.run.seed,
@@ -232,25 +241,94 @@ def build(
         config=config,
         num_workers=os.cpu_count() or 1,
     )
-    sampler = _construct("sampler", *p.sampler, ctx)
-    verifiers = {d: _construct("verifier", c, o, ctx) for d, (c, o) in p.verifiers.items()}
-    curriculum = _construct("curriculum", *p.curriculum, ctx)
-    loggers = [_construct("logger", c, o, ctx) for c, o, _ in p.loggers]
-    fatal = {i for i, (_, _, f) in enumerate(p.loggers) if f}
+    built: list[Plugin] = []
+    history = None
+    try:
+        roles = _construct_roles(p, ctx, built)
+        domains = sorted(set(datasets) | set(eval_sets))
+        if ckpt is None:
+            _create_run_dir(run_dir, overwrite, domains, config)
+        open_reader = None
+        if cfg.history.enabled and history_factory is not None:
+            history, open_reader = history_factory(run_dir, cfg)
+        kernel = Kernel(
+            roles,
+            policy,
+            _settings(cfg, domains),
+            run_dir,
+            config,
+            eval_sets,
+            history=history,
+            open_reader=open_reader,
+            checkpoints=CheckpointManager(run_dir, cfg.checkpoint.keep),
+        )
+        if ckpt is None:
+            kernel.seed_everything()
+            return kernel
+        _restore(kernel, ckpt, state, history)
+    except BaseException:
+        close_plugins(built)
+        if history is not None:
+            history.close()
+        raise
+    _write_config(run_dir, config)  # the run file as now in force (allowed changes included)
+    return kernel
 
-    # -- from here on the run directory is written ------------------------------------------
-    domains = sorted(set(datasets) | set(eval_sets))
-    if ckpt is None:
-        if run_dir.exists() and overwrite:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RUN_MARKER).write_text(json.dumps({"srpo": 1, "domains": domains}) + "\n")
-        _write_config(run_dir, config)
-    history = reader = None
-    if cfg.history.enabled and history_factory is not None:
-        history, reader = history_factory(run_dir, cfg)
-    checkpoints = CheckpointManager(run_dir, cfg.checkpoint.keep)
-    settings = KernelSettings(
+
+def _make_policy(loaded: LoadedConfig, train_prompts: int) -> Any:
+    """Threads, device and seed first (model loading draws from the RNG), then the policy
+    with the loss of ``algorithm.loss_backend``."""
+    from srpo.algo import make_loss_fn
+    from srpo.policy import Policy
+
+    cfg = loaded.config
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    device = cfg.run.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(cfg.run.seed)
+    steps_per_epoch = -(-train_prompts // cfg.run.prompts_per_step)
+    total = cfg.run.max_steps or steps_per_epoch * cfg.run.epochs
+    return Policy(
+        resolve_path(loaded, cfg.policy.path),
+        cfg.policy,
+        cfg.algorithm,
+        total,
+        loss_fn=make_loss_fn(cfg.algorithm.loss_backend),
+        device=device,
+    )
+
+
+def _construct_roles(p: Plan, ctx: PluginContext, built: list[Plugin]) -> Roles:
+    """Construct every plugin, appending each to ``built`` as soon as it exists (so the
+    caller can close what was built if a later one fails)."""
+
+    def make(kind: str, cls: type[Plugin], options: Any) -> Any:
+        plugin = _construct(kind, cls, options, ctx)
+        built.append(plugin)
+        return plugin
+
+    sampler = make("sampler", *p.sampler)
+    verifiers = {d: make("verifier", c, o) for d, (c, o) in p.verifiers.items()}
+    curriculum = make("curriculum", *p.curriculum)
+    loggers = [make("logger", c, o) for c, o, _ in p.loggers]
+    fatal = {i for i, (_, _, f) in enumerate(p.loggers) if f}
+    return Roles(sampler, verifiers, curriculum, loggers, fatal)
+
+
+def _create_run_dir(
+    run_dir: Path, overwrite: bool, domains: list[str], config: dict[str, Any]
+) -> None:
+    if run_dir.exists() and overwrite:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).write_text(json.dumps({"srpo": 1, "domains": domains}) + "\n")
+    _write_config(run_dir, config)
+
+
+def _settings(cfg: RunConfig, domains: list[str]) -> KernelSettings:
+    return KernelSettings(
         group_size=cfg.algorithm.group_size,
         prompts_per_step=cfg.run.prompts_per_step,
         epochs=cfg.run.epochs,
@@ -259,31 +337,7 @@ def build(
         seed=cfg.run.seed,
         domains=domains,
         checkpoint_every=cfg.checkpoint.every,
-        overlong=cfg.algorithm.overlong,
     )
-    roles = Roles(sampler, verifiers, curriculum, loggers, fatal)
-    kernel = Kernel(
-        roles,
-        policy,
-        settings,
-        run_dir,
-        config,
-        eval_sets,
-        history=history,
-        history_reader=reader,
-        checkpoints=checkpoints,
-    )
-    if ckpt is None:
-        kernel.seed_everything()
-        return kernel
-    try:
-        _restore(kernel, ckpt, state, history)
-    except BaseException:
-        if history is not None:
-            history.close()
-        raise
-    _write_config(run_dir, config)  # the run file as now in force (allowed changes included)
-    return kernel
 
 
 def _write_config(run_dir: Path, config: dict[str, Any]) -> None:
@@ -318,11 +372,5 @@ def _restore(kernel: Kernel, ckpt: Path, state: dict[str, Any], history: Any) ->
 
 
 def close_roles(kernel: Kernel) -> None:
-    """Close every plugin, even if some fail to close."""
-    r = kernel.roles
-    plugins: Sequence[Plugin] = [r.sampler, *r.verifiers.values(), r.curriculum, *r.loggers]
-    for plugin in plugins:
-        try:
-            plugin.close()
-        except Exception as e:  # closing must not hide the run's own outcome
-            print(f"srpo: closing {type(plugin).__name__} failed: {e}")
+    """Close every plugin of a kernel's run, even if some fail to close."""
+    close_plugins(kernel.roles.all())

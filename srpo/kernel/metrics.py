@@ -6,19 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from srpo.algo.groups import group_has_signal
 from srpo.types import RolloutBatch, Scores
-
-
-def group_has_signal(group: torch.Tensor, reward: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """[P] bool: the group's rewards are not all equal (its advantages are not all zero)."""
-    if group.numel() == 0:
-        return torch.zeros(n_groups, dtype=torch.bool)
-    r = reward.double()
-    hi = torch.full((n_groups,), -torch.inf, dtype=torch.float64).scatter_reduce(
-        0, group, r, "amax"
-    )
-    lo = torch.full((n_groups,), torch.inf, dtype=torch.float64).scatter_reduce(0, group, r, "amin")
-    return (hi - lo) > 1e-6 * torch.clamp(hi.abs(), min=1.0)
 
 
 def rollout_metrics(

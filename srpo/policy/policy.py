@@ -3,14 +3,15 @@
 It computes response-token log-probs, runs the GRPO-family update with gradient
 accumulation over group-aligned micro-batches, and saves HF-format checkpoints that
 ``AutoModelForCausalLM.from_pretrained`` loads. The loss itself comes from ``loss_fn`` (by
-default ``srpo.ops.grpo_loss``: the compiled op when built, the torch reference otherwise).
+default ``srpo.algo.make_loss_fn()``: the compiled op for the built-in GRPO family, the
+registered torch pieces otherwise). It is what samplers see as ``srpo.api.PolicyHandle``.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from srpo.algo import LossConfig, make_loss_fn
+from srpo.api import validate_override
 from srpo.config import AlgorithmSection, PolicySection
-from srpo.errors import SrpoError
-from srpo.types import RolloutBatch, Scores
+from srpo.errors import PluginError, SrpoError
+from srpo.types import RolloutBatch, Scores, left_pad
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -58,6 +61,36 @@ def lr_lambda(schedule: str, warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
+class _UpdateStats:
+    """Loss stats over an update's micro-batches, kept as float64 device tensors so they
+    reach the host once, at the end (a float() per micro-batch would stall a GPU's queue).
+    Counts are summed; everything else is weighted by the micro-batch's tokens."""
+
+    SUMMED = ("tokens", "sequences")
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Any] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, stats: Mapping[str, Any], weight: float) -> None:
+        for k, v in stats.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(torch.float64)
+            if k in self.SUMMED:
+                self.sums[k] = self.sums.get(k, 0.0) + v
+                continue
+            self.sums[k] = self.sums.get(k, 0.0) + v * weight
+            self.weights[k] = self.weights.get(k, 0.0) + weight
+
+    def result(self) -> dict[str, float]:
+        on_device = [k for k, v in self.sums.items() if isinstance(v, torch.Tensor)]
+        host = dict(self.sums)
+        if on_device:  # one device-to-host copy for all stats
+            values = torch.stack([self.sums[k] for k in on_device]).tolist()
+            host.update(zip(on_device, values, strict=True))
+        return {k: v / self.weights[k] if k in self.weights else v for k, v in host.items()}
+
+
 class Policy:
     """The trainable model with its optimizer; owns log-probs, the update and checkpoints."""
 
@@ -70,7 +103,7 @@ class Policy:
         loss_fn: Callable[..., Any] | None = None,
         device: str = "cpu",
     ) -> None:
-        self.cfg, self.algo, self.device = cfg, algo, torch.device(device)
+        self.cfg, self.device = cfg, torch.device(device)
         self.model, self.tokenizer = load_model_dir(model_dir, cfg.dtype)
         self.model.to(self.device)
         self.model.config.use_cache = True
@@ -79,13 +112,10 @@ class Policy:
             if cfg.chat_template is None
             else cfg.chat_template
         )
-        self.ref_model = None
-        if algo.kl_coef > 0:
-            if cfg.reference_path is not None:
-                self.ref_model, _ = load_model_dir(cfg.reference_path, cfg.dtype)
-            else:
-                self.ref_model = copy.deepcopy(self.model)
-            self.ref_model.to(self.device).eval().requires_grad_(False)
+        self._run_file_algo = algo
+        self.algo = algo
+        self.loss_config = LossConfig.from_options(algo)
+        self.ref_model = self._load_reference() if algo.kl_coef > 0 else None
         opt = cfg.optimizer
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
@@ -98,36 +128,62 @@ class Policy:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(opt.schedule, opt.warmup_steps, optimizer_steps)
         )
-        if loss_fn is None:
-            from srpo.ops import grpo_loss as loss_fn
-        self.loss_fn = loss_fn
-        self.temperature = 1.0  # set by the kernel from the sampler: log-probs must match it
+        self.loss_fn = loss_fn if loss_fn is not None else make_loss_fn()
+
+    def _load_reference(self) -> Any:
+        if self.cfg.reference_path is not None:
+            ref, _ = load_model_dir(self.cfg.reference_path, self.cfg.dtype)
+        else:
+            ref = copy.deepcopy(self.model)
+        return ref.to(self.device).eval().requires_grad_(False)
+
+    def override_algorithm(self, changes: Mapping[str, Any]) -> None:
+        """Take a curriculum stage's ``algorithm`` changes on top of the run file's section
+        (``{}`` restores it); ``PluginError`` for an invalid change."""
+        algo = validate_override(self._run_file_algo, changes, "algorithm")
+        assert isinstance(algo, AlgorithmSection)
+        try:
+            loss_config = LossConfig.from_options(algo)
+        except ValueError as e:
+            raise PluginError(f"algorithm: {e}") from None
+        if algo.kl_coef > 0 and self.ref_model is None:
+            raise PluginError(
+                "algorithm.kl_coef: a stage can turn the KL penalty on only when the run "
+                "starts with it (set algorithm.kl_coef > 0 in the run file, and 0 in the "
+                "stages that do not want it)"
+            )
+        self.algo, self.loss_config = algo, loss_config
 
     # -- prompts -------------------------------------------------------------------------
 
-    def encode_prompt(self, text: str) -> list[int]:
-        """Prompt token ids, through the tokenizer's chat template when it has one."""
+    def encode_prompt(self, prompt: str | Sequence[Mapping[str, str]]) -> list[int]:
+        """Prompt token ids: a string, or chat messages (``[{"role", "content"}, ...]``),
+        through the tokenizer's chat template when it has one (and the run uses it)."""
         if self.use_chat_template:
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
             ids = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+                list(messages), add_generation_prompt=True, tokenize=True
             )
-            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            # transformers 5 returns a BatchEncoding (a Mapping, not a dict); older: a list
+            if isinstance(ids, Mapping) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            return [int(t) for t in ids]
+        if not isinstance(prompt, str):
+            raise SrpoError(
+                "prompt given as chat messages, but the policy uses no chat template "
+                "(policy.chat_template is false, or the tokenizer has none)"
+            )
+        return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     # -- log-probs -------------------------------------------------------------------------
 
-    def _inputs(self, batch: RolloutBatch, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _inputs(self, batch: RolloutBatch, rows: torch.Tensor) -> dict[str, Any]:
         """Left-padded prompts followed by right-padded responses: every response starts at
         the same column, so response log-probs are one slice of the logits."""
         pad = int(self.tokenizer.pad_token_id)
-        prompts = [batch.prompt_token_ids[int(g)] for g in batch.group[rows]]
-        lp = max(len(p) for p in prompts)
-        n = len(prompts)
-        prompt_ids = torch.full((n, lp), pad, dtype=torch.long)
-        prompt_mask = torch.zeros((n, lp), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            prompt_ids[i, lp - len(p) :] = torch.tensor(p, dtype=torch.long)
-            prompt_mask[i, lp - len(p) :] = 1
+        prompt_ids, prompt_mask = left_pad(
+            [batch.prompt_token_ids[int(g)] for g in batch.group[rows]], pad
+        )
         ids = torch.cat([prompt_ids, batch.response_ids[rows]], dim=1)
         mask = torch.cat([prompt_mask, batch.response_mask[rows].long()], dim=1)
         position_ids = (mask.cumsum(1) - 1).clamp(min=0)
@@ -135,20 +191,20 @@ class Policy:
             "input_ids": ids.to(self.device),
             "attention_mask": mask.to(self.device),
             "position_ids": position_ids.to(self.device),
-            "prompt_len": lp,
+            "prompt_len": prompt_ids.shape[1],
         }
 
     def response_logprobs(
         self, model: Any, batch: RolloutBatch, rows: torch.Tensor, with_entropy: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """[n, T] log-probs of the response tokens under ``model`` at the sampling
+        """[n, T] log-probs of the response tokens under ``model`` at the batch's sampling
         temperature (float32), and optionally the per-token entropy (detached)."""
         inp = self._inputs(batch, rows)
         lp = inp.pop("prompt_len")
         T = batch.response_ids.shape[1]
         logits = model(**inp, use_cache=False).logits[:, lp - 1 : lp - 1 + T].float()
-        if self.temperature != 1.0:
-            logits = logits / self.temperature
+        if batch.temperature != 1.0:
+            logits = logits / batch.temperature
         logp_all = torch.log_softmax(logits, dim=-1)
         targets = batch.response_ids[rows].to(self.device).unsqueeze(-1)
         logp = logp_all.gather(-1, targets).squeeze(-1)
@@ -175,23 +231,11 @@ class Policy:
             out.append(torch.cat(cur))
         return out
 
-    def _loss_kwargs(self) -> dict[str, Any]:
-        from srpo.algo import LossConfig
-
-        a = self.algo
-        return {
-            "cfg": LossConfig(
-                clip_low=a.clip_low,
-                clip_high=a.clip_high,
-                dual_clip=a.dual_clip,
-                kl_coef=a.kl_coef,
-                kl_estimator=a.kl_estimator,
-                aggregation=a.aggregation,
-                norm_constant=a.norm_constant,
-                std_normalize=a.std_normalize,
-                eps=a.eps,
-            )
-        }
+    def _mini_batches(self, batch: RolloutBatch) -> list[list[int]]:
+        """Groups of each optimizer step: ``mini_batches`` interleaved slices."""
+        k = self.cfg.mini_batches
+        groups = list(range(len(batch.prompts)))
+        return [m for m in (groups[i::k] for i in range(k)) if m]
 
     def update(
         self, batch: RolloutBatch, scores: Scores, loss_mask: torch.Tensor | None = None
@@ -200,75 +244,86 @@ class Policy:
         accumulating gradients over group-aligned micro-batches.
 
         ``loss_mask`` [N, T] (default: the response mask) lets algorithms drop tokens, e.g.
-        DAPO's overlong filtering of truncated responses.
+        DAPO's overlong filtering of truncated responses. Host syncs: one per optimizer step
+        (the gradient norm decides whether the step is taken) and one for the stats.
         """
         if batch.num_rollouts == 0:
             return {}
+        if not batch.temperature > 0:
+            raise ValueError("cannot train on greedy rollouts (RolloutBatch.temperature is 0)")
         self.model.train()
         mask = batch.response_mask if loss_mask is None else loss_mask
-        n_groups = len(batch.prompts)
-        group_order = list(range(n_groups))
-        minis = [group_order[i :: self.cfg.mini_batches] for i in range(self.cfg.mini_batches)]
-        minis = [m for m in minis if m]
+        minis = self._mini_batches(batch)
         reuse_logp = self.cfg.ppo_epochs == 1 and len(minis) == 1
         old_logp = None if reuse_logp else self._old_logprobs(batch)
-        ref_logp = self._ref_logprobs(batch) if self.ref_model is not None else None
-        # Stats accumulate as float64 device tensors and reach the host once, at the end:
-        # a float() per micro-batch would stall a GPU's queue every micro-batch. Counts
-        # (tokens, shares) come from the mask, which lives on the host.
-        sums: dict[str, Any] = {}
-        weights: dict[str, float] = {}
-        kw = self._loss_kwargs()
-        seq_level = self.algo.aggregation != "token-mean"
+        ref_logp = self._logprobs_all(self.ref_model, batch) if self.ref_model else None
+        stats = _UpdateStats()
         for _ in range(self.cfg.ppo_epochs):
             for groups in minis:
-                micro = self._micro_batches(batch, groups)
-                rows_all = torch.cat(micro)
-                denom = float((mask[rows_all].any(1) if seq_level else mask[rows_all]).sum())
-                self.optimizer.zero_grad(set_to_none=True)
-                for rows in micro:
-                    logp, entropy = self.response_logprobs(self.model, batch, rows, True)
-                    m_host = mask[rows]
-                    m = m_host.to(self.device)
-                    old = logp.detach() if old_logp is None else old_logp[rows]
-                    out = self.loss_fn(
-                        scores.reward[rows].to(self.device),
-                        batch.group[rows].to(self.device),
-                        logp,
-                        old,
-                        m,
-                        None if ref_logp is None else ref_logp[rows],
-                        **kw,
-                    )
-                    share = float((m_host.any(1) if seq_level else m_host).sum()) / max(denom, 1.0)
-                    (out.loss * share).backward()
-                    tokens = float(m_host.sum())
-                    stats = {k: v.detach() for k, v in out.stats.items()}
-                    stats["loss"] = out.loss.detach()
-                    if entropy is not None and tokens:
-                        stats["entropy"] = (entropy * m).sum() / tokens
-                    b = batch.behaviour_logp[rows].to(self.device)
-                    if tokens:
-                        stats["behaviour_logp_gap"] = ((old - b).abs() * m).sum() / tokens
-                    for k, v in stats.items():
-                        v = v.to(torch.float64)
-                        if k in ("tokens", "sequences"):
-                            sums[k] = sums.get(k, 0.0) + v
-                            continue
-                        sums[k] = sums.get(k, 0.0) + v * max(tokens, 1.0)
-                        weights[k] = weights.get(k, 0.0) + max(tokens, 1.0)
-                grad_norm = self._clip_and_step()
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
-                weights["grad_norm"] = weights.get("grad_norm", 0.0) + 1.0
-        on_device = [k for k, v in sums.items() if isinstance(v, torch.Tensor)]
-        host = dict(sums)  # one device-to-host copy per update, not one per micro-batch stat
-        if on_device:
-            values = torch.stack([sums[k] for k in on_device]).tolist()
-            host.update(zip(on_device, values, strict=True))
-        metrics = {k: v / weights[k] if k in weights else v for k, v in host.items()}
+                self._optimizer_step(batch, scores, mask, groups, old_logp, ref_logp, stats)
+        metrics = stats.result()
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         self.model.eval()
         return metrics
+
+    def _optimizer_step(
+        self,
+        batch: RolloutBatch,
+        scores: Scores,
+        mask: torch.Tensor,
+        groups: list[int],
+        old_logp: torch.Tensor | None,
+        ref_logp: torch.Tensor | None,
+        stats: _UpdateStats,
+    ) -> None:
+        """Accumulate the gradient of one mini-batch over its micro-batches, then step. Each
+        micro-batch's loss is weighted by its share of the mini-batch's tokens (sequences,
+        for the seq-mean aggregations), so the step equals one pass over the whole batch."""
+        micro = self._micro_batches(batch, groups)
+        seq_level = self.loss_config.aggregation != "token-mean"
+        rows_all = torch.cat(micro)
+        denom = float((mask[rows_all].any(1) if seq_level else mask[rows_all]).sum())
+        self.optimizer.zero_grad(set_to_none=True)
+        for rows in micro:
+            m_host = mask[rows]
+            share = float((m_host.any(1) if seq_level else m_host).sum()) / max(denom, 1.0)
+            micro_stats = self._micro_step(batch, scores, rows, m_host, old_logp, ref_logp, share)
+            stats.add(micro_stats, max(float(m_host.sum()), 1.0))
+        stats.add({"grad_norm": self._clip_and_step()}, 1.0)
+
+    def _micro_step(
+        self,
+        batch: RolloutBatch,
+        scores: Scores,
+        rows: torch.Tensor,
+        m_host: torch.Tensor,
+        old_logp: torch.Tensor | None,
+        ref_logp: torch.Tensor | None,
+        share: float,
+    ) -> dict[str, torch.Tensor]:
+        """Forward, loss and backward of one micro-batch; returns its detached stats."""
+        logp, entropy = self.response_logprobs(self.model, batch, rows, True)
+        m = m_host.to(self.device)
+        old = logp.detach() if old_logp is None else old_logp[rows]
+        out = self.loss_fn(
+            scores.reward[rows].to(self.device),
+            batch.group[rows].to(self.device),
+            logp,
+            old,
+            m,
+            None if ref_logp is None else ref_logp[rows],
+            cfg=self.loss_config,
+        )
+        (out.loss * share).backward()
+        tokens = float(m_host.sum())
+        stats = {k: v.detach() for k, v in out.stats.items()}
+        stats["loss"] = out.loss.detach()
+        if tokens:
+            if entropy is not None:
+                stats["entropy"] = (entropy * m).sum() / tokens
+            b = batch.behaviour_logp[rows].to(self.device)
+            stats["behaviour_logp_gap"] = ((old - b).abs() * m).sum() / tokens
+        return stats
 
     def _clip_and_step(self) -> float:
         clip = self.cfg.optimizer.grad_clip
@@ -298,9 +353,6 @@ class Policy:
         out = self._logprobs_all(self.model, batch)
         self.model.train()
         return out
-
-    def _ref_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
-        return self._logprobs_all(self.ref_model, batch)
 
     # -- state -----------------------------------------------------------------------------
 

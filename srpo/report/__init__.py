@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from srpo.errors import SrpoError
 
-class ReportError(Exception):
-    """A run directory that cannot be reported on (the message is one line)."""
+
+class ReportError(SrpoError):
+    """A run directory that cannot be reported on (the message is one line). Exit code 2."""
 
 
 @dataclass

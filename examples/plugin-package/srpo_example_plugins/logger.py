@@ -5,8 +5,7 @@ from __future__ import annotations
 import csv
 from typing import IO
 
-from srpo.api import Logger, PluginContext, PluginOptions
-from srpo.kernel.events import Event, StepEnd
+from srpo.api import Event, Logger, PluginContext, PluginOptions, events
 
 
 class CsvOptions(PluginOptions):
@@ -22,7 +21,7 @@ class CsvLogger(Logger):
         self.writer: csv.DictWriter | None = None
 
     def on_event(self, event: Event) -> None:
-        if not isinstance(event, StepEnd):
+        if not isinstance(event, events.StepEnd):
             return
         row = {"step": event.step, **event.metrics}
         if self.writer is None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from srpo.api import PluginOptions, Verifier
-from srpo.types import Prompt, Score
+from srpo.api import PluginOptions, Prompt, Score, Verifier
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 

@@ -47,8 +47,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from srpo.api import PluginContext, PluginOptions, Verifier
-from srpo.types import Prompt, Score
+from srpo.api import PluginContext, PluginError, PluginOptions, Prompt, Score, Verifier
 
 from .extract import extract_code
 from .judge import (
@@ -111,7 +110,9 @@ class CodeVerifier(Verifier):
         uid_base: int = Field(1_500_000_000, ge=1000, description="first sandbox uid (root)")
         max_rounds: int = Field(4, ge=1, description="rounds for holes needing test values")
         max_code_chars: int = Field(200_000, ge=1)
-        fail_fast: bool = Field(False, description="raise on verifier errors instead")
+        fail_fast: bool = Field(
+            False, description="stop the run (PluginError) on the verifier's own errors"
+        )
 
     options: Options
 
@@ -163,9 +164,9 @@ class CodeVerifier(Verifier):
             try:
                 s, d = fut.result()
             except Exception as e:
-                if self.options.fail_fast:
-                    raise
-                log.exception("code verifier error")
+                if self.options.fail_fast:  # the kernel stops the run on a PluginError
+                    raise PluginError(f"code verifier failed: {type(e).__name__}: {e}") from e
+                log.debug("code verifier error", exc_info=True)
                 s, d = self._zero(error=f"verifier error: {type(e).__name__}: {e}"[:500]), None
             scores.append(s)
             details.append(d)
@@ -196,7 +197,7 @@ class CodeVerifier(Verifier):
             spec = self._spec(prompt)
         except ReferenceError_ as e:
             if self.options.fail_fast:
-                raise
+                raise PluginError(f"code verifier: bad reference: {e}") from e
             return self._zero(error=f"bad reference: {e}"), None
         code = extract_code(response, self.options.extract)
         if code is None:

@@ -12,7 +12,7 @@ and forging a correct value means computing it.
 Protocol: the trusted side writes one length-prefixed JSON message on fd 3::
 
     {"mode": "calls" | "stdin", "program": str, "requests": [{"src": str, "env": enc}],
-     "limits": {...}, "uid": int | null, "cgroup_procs": [path, ...]}
+     "limits": {...}, "uid": int | null}
 
 In ``calls`` mode the harness answers on fd 4 with length-prefixed JSON frames: first
 ``{"init": true}`` or ``{"init": false, "error": str}``, then one
@@ -117,13 +117,10 @@ def _read_exact(fd: int, n: int) -> bytes:
     return buf
 
 
-def _apply_limits(limits: dict[str, int], uid: int | None, cgroup_procs: list[str]) -> None:
+def _apply_limits(limits: dict[str, int], uid: int | None) -> None:
     """Trusted setup, done before any program byte runs (we may still be root here)."""
     import resource
 
-    for path in cgroup_procs:  # join the per-slot cgroup ("0" = this process)
-        with open(path, "w") as f:
-            f.write("0")
     for name, value in limits.items():
         res = getattr(resource, name)
         resource.setrlimit(res, (value, value))
@@ -141,7 +138,7 @@ def main(in_fd: int, out_fd: int) -> None:  # pragma: no cover - runs inside the
     msg = json.loads(_read_exact(in_fd, n))
     os.close(in_fd)
     try:
-        _apply_limits(msg["limits"], msg.get("uid"), msg.get("cgroup_procs", []))
+        _apply_limits(msg["limits"], msg.get("uid"))
     except SystemExit:
         raise
     except BaseException as e:

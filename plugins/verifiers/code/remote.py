@@ -28,7 +28,6 @@ from .sandbox import HARNESS_SRC, Backend, Job, Limits, RunResult
 
 class RemoteBackend(Backend):
     name = "remote"
-    guarantees = ("remote",)
 
     def __init__(self, url: str, limits: Limits, http_timeout_s: float = 60.0) -> None:
         super().__init__(limits, "python", None)

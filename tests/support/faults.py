@@ -2,9 +2,12 @@
 
 A *trial* starts ``python -m srpo.cli run`` on a small run file (48 prompts, 8 per step:
 6 steps per epoch, 2 epochs), kills it (SIGKILL at a named fault point via
-``SRPO_FAULT_AT``, after a random delay, or SIGINT/SIGTERM), resumes it with ``--resume``
-until it completes, and compares against an uninterrupted reference run of the same file:
-per-step metrics (all but timings) bitwise, and the history store record by record.
+``SRPO_FAULT_AT``, or SIGKILL/SIGINT/SIGTERM at a random moment of its training), resumes
+it with ``--resume`` until it completes, and compares against an uninterrupted reference
+run of the same file: per-step metrics (all but timings) bitwise, and the history store
+record by record. Every trial also proves, from the run's own files and output, that the
+kill landed mid-run and that the second invocation resumed from a checkpoint; a random
+kill that came too late is retried earlier, never counted as a pass.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -236,6 +240,62 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]
     return proc.returncode, out, err
 
 
+def logged_rows(run_dir: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl`` as they are now (a run may be writing it, or have been
+    killed mid-line: an incomplete last line is left out)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def step_rows(rows: list[dict]) -> list[int]:
+    return [r["step"] for r in rows if r.get("kind") == "step"]
+
+
+def completed(rows: list[dict]) -> bool:
+    return any(r.get("kind") == "end" and r.get("status") == "completed" for r in rows)
+
+
+def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 300):
+    """Wait until the run logged training step ``step``: its metrics row, or None if the
+    process ended first."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        done = proc.poll() is not None
+        for r in logged_rows(run_dir):
+            if r.get("kind") == "step" and r["step"] >= step:
+                return r
+        if done:
+            return None
+        time.sleep(0.02)
+    raise TimeoutError(f"{run_dir}: step {step} was not logged")
+
+
+def kill_during(
+    proc: subprocess.Popen, run_dir: Path, steps: int, at: float, how: str
+) -> tuple[int, float]:
+    """Kill the run ``at`` (0 ≤ at < 1) of the way through its ``steps`` training steps: in
+    step ``int(at * steps)``, the fractional part of ``at * steps`` of a step's time after
+    the previous step was logged (and after the first checkpoint was published, so there is
+    one to resume from). Returns the (step, fraction) aimed at; whether the kill landed
+    before the run finished is for the caller to check, from what the run wrote."""
+    step, frac = divmod(at * steps, 1.0)
+    step = int(step)
+    if wait_for(run_dir / "checkpoints" / "latest", proc):
+        row = wait_for_step(run_dir, max(step, 1) - 1, proc)
+        if row is not None:
+            time.sleep(frac * float(row.get("time/step") or 0.5))
+            kill(proc, how)
+    return step, frac
+
+
 def resume_to_end(run_file: Path, run_dir: Path, max_resumes: int = 3) -> list[str]:
     """``--resume`` until the run completes; returns each resume's "resuming from" line."""
     lines = []
@@ -248,43 +308,79 @@ def resume_to_end(run_file: Path, run_dir: Path, max_resumes: int = 3) -> list[s
     raise AssertionError("the run did not complete after resuming")
 
 
+RESUMING = re.compile(r"srpo: resuming from (\S+) \(step (\d+), epoch (\d+)\)")
+
+
+def check_resumed(lines: list[str], run_dir: Path, logged: list[int], steps: int) -> int:
+    """Prove the resume continued a killed run: the killed run logged steps ``logged`` (fewer
+    than all ``steps``, and no completion); the first ``--resume`` loaded one of its
+    checkpoints, at a step it had reached and before the end, and the run now holds every
+    step exactly once and completed. Returns the step resumed from."""
+    assert len(logged) < steps, f"the killed run had logged all {steps} steps: {logged}"
+    assert lines, "the resume did not report a checkpoint it resumed from"
+    m = RESUMING.match(lines[0])
+    assert m, f"unexpected resume line: {lines[0]!r}"
+    ckpt, step = Path(m[1]), int(m[2])
+    assert ckpt.parent == run_dir / "checkpoints" and ckpt.name == f"step-{step:06d}", lines[0]
+    assert 1 <= step <= len(logged) and step < steps, (
+        f"resumed from step {step}, but the killed run had logged {len(logged)} of {steps} "
+        f"steps: {lines[0]!r}"
+    )
+    final = metrics(run_dir)
+    assert step_rows(final) == list(range(steps)), step_rows(final)
+    assert final[-1].get("status") == "completed", final[-1]
+    return step
+
+
+EXIT = {"kill": -signal.SIGKILL, "int": 130, "term": 143}
+
+
 def trial(
     workdir: Path,
     cfg: dict,
     *,
     fault: str | None = None,
-    delay: float | None = None,
+    at: float | None = None,
     how: str = "kill",
     name: str = "trial",
+    tries: int = 4,
 ) -> dict[str, Any]:
-    """Kill a run (at a fault point, or ``delay`` s after its first checkpoint), resume it,
-    check it against the reference. Returns what happened, for the test's message."""
+    """Kill a run (at a fault point, or ``at`` of the way through its training, see
+    :func:`kill_during`), resume it, check that it really resumed and that the result equals
+    the reference. A random kill that landed after the training was over (the run finished
+    first) is retried, each time twice as early. Returns what happened, for messages."""
+    assert (fault is None) != (at is None), "a trial kills at a fault point or at a moment"
     ref_metrics, ref_history = reference(cfg, workdir)
-    out = workdir / name
-    c = json.loads(json.dumps(cfg))
-    c["run"]["output_dir"] = str(out)
-    path = write(c, workdir / f"{name}.yaml")
-    extra = {"SRPO_FAULT_AT": fault} if fault else {}
-    proc = start(path, **extra)
-    if delay is not None and wait_for(out / "checkpoints" / "latest", proc):
-        time.sleep(delay)
-        kill(proc, how)
-    code, _, err = finish(proc)
-    info = {"name": name, "fault": fault, "delay": delay, "how": how, "exit": code}
-    if fault:
-        assert code == -signal.SIGKILL, f"{name}: fault {fault} was not reached ({code}): {err}"
-    check_checkpoints(out)
-    if code == 0:  # the kill came after the run had finished
-        info["resumed_from"] = []
-    else:
-        if how == "int":
-            assert code == 130, err[-2000:]
-        if how == "term":
-            assert code == 143, err[-2000:]
-        info["resumed_from"] = resume_to_end(path, out)
-        assert info["resumed_from"], "the resume did not report its checkpoint"
-    check_checkpoints(out)
-    diff = first_difference(ref_metrics, comparable(metrics(out)))
-    assert diff is None, f"{info}: metrics differ from the uninterrupted run: {diff}"
-    check_history(out, ref_history)
-    return info
+    steps = len(step_rows(ref_metrics))
+    late = []
+    for attempt in range(tries if at is not None else 1):
+        out = workdir / (name if attempt == 0 else f"{name}-retry{attempt}")
+        c = json.loads(json.dumps(cfg))
+        c["run"]["output_dir"] = str(out)
+        path = write(c, workdir / f"{out.name}.yaml")
+        extra = {"SRPO_FAULT_AT": fault} if fault else {}
+        proc = start(path, **extra)
+        aimed = kill_during(proc, out, steps, at, how) if at is not None else None
+        code, _, err = finish(proc)
+        killed = logged_rows(out)
+        info = {"name": out.name, "fault": fault, "at": at, "aimed": aimed, "how": how}
+        info |= {"exit": code, "logged_steps": len(step_rows(killed))}
+        if fault:
+            assert code == -signal.SIGKILL, f"{name}: fault {fault} was not reached ({code}): {err}"
+        if at is not None and (code == 0 or completed(killed) or len(step_rows(killed)) == steps):
+            late.append(info)  # the training was over before the kill: kill earlier
+            at /= 2
+            continue
+        assert code == EXIT[how], f"{info}: {err[-2000:]}"
+        assert not completed(killed), f"{info}: the run had completed before the kill"
+        check_checkpoints(out)
+        lines = resume_to_end(path, out)
+        info["resumed_from"] = lines
+        info["resumed_step"] = check_resumed(lines, out, step_rows(killed), steps)
+        check_checkpoints(out)
+        diff = first_difference(ref_metrics, comparable(metrics(out)))
+        assert diff is None, f"{info}: metrics differ from the uninterrupted run: {diff}"
+        check_history(out, ref_history)
+        info["late_attempts"] = late
+        return info
+    raise AssertionError(f"{name}: every kill landed after the training was over: {late}")

@@ -1,6 +1,7 @@
 """Typed events the kernel emits; loggers and other observers receive them in order.
 
 An event is plain data. Observers must not mutate it: they watch training, never steer it.
+Part of the plugin contract: loggers import these as ``srpo.api.events``.
 """
 
 from __future__ import annotations

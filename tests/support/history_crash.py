@@ -1,4 +1,6 @@
-"""Child process for the kill -9 tests: appends and commits deterministic steps forever.
+"""Child process of the history kill -9 tests (``tests/test_history_crash.py``): appends and
+commits deterministic steps forever. Run as ``python -m tests.support.history_crash ROOT``
+from the repository root.
 
 Prints ``open <committed_step>`` once the store is open (after any rewind), then each step
 number right after ``commit`` returns (flushed), so the parent knows what was committed.
@@ -11,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 
 import numpy as np
 
@@ -74,7 +75,6 @@ def main() -> None:
     ap.add_argument("--crash-after", type=int, default=0)
     ap.add_argument("--torn", action="store_true")
     args = ap.parse_args()
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
     from srpo.history import HistoryStore
 
     if args.crash_after:
