@@ -49,21 +49,12 @@ def test_shaping_returns_new_scores_and_leaves_the_verifiers_alone():
     """The overlong penalty is the algorithm's transform of the verifier's scores: reward
     shaped, correctness untouched, the input ``Scores`` not edited in place."""
     from srpo.algo import loss_mask, shape_scores
-    from srpo.types import Prompt, RolloutBatch, Scores
+    from srpo.types import Prompt, Scores
+    from tests.support.batches import make_batch
 
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
-    batch = RolloutBatch(
-        prompts=[Prompt(1, "math", "q", "1")],
-        group=torch.tensor([0, 0]),
-        sample=torch.tensor([0, 1]),
-        prompt_token_ids=[[1]],
-        response_ids=torch.ones(2, 4, dtype=torch.long),
-        response_mask=mask,
-        behaviour_logp=torch.zeros(2, 4),
-        truncated=torch.tensor([True, False]),
-        response_text=["a", "b"],
-        temperature=1.0,
-    )
+    prompts = [Prompt(1, "math", "q", "1")]
+    batch = make_batch(prompts, [0, 0], ["a", "b"], mask=mask, truncated=[True, False])
     scores = Scores(torch.tensor([1.0, 1.0]), torch.tensor([True, True]), [None, None])
     shaped = shape_scores(OverlongOptions(max_len=4, cache_len=2), batch, scores)
     assert shaped.reward.tolist() == [0.0, 1.0]  # length 4 = L_max: -1; length 2: free

@@ -20,6 +20,7 @@ from srpo.api import (
     SrpoWarning,
     warn,
 )
+from tests.support.batches import make_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,18 +98,7 @@ def test_plugin_override_is_validated_against_the_run_file_options(tmp_path):
 
 def test_rollout_batch_carries_its_temperature():
     p = [Prompt(1, "math", "q", "1"), Prompt(2, "math", "r", "2")]
-    b = RolloutBatch(
-        prompts=p,
-        group=torch.tensor([0, 0, 1, 1]),
-        sample=torch.tensor([0, 1, 0, 1]),
-        prompt_token_ids=[[1], [2]],
-        response_ids=torch.ones(4, 2, dtype=torch.long),
-        response_mask=torch.ones(4, 2, dtype=torch.bool),
-        behaviour_logp=torch.zeros(4, 2),
-        truncated=torch.zeros(4, dtype=torch.bool),
-        response_text=["a", "b", "c", "d"],
-        temperature=0.6,
-    )
+    b = make_batch(p, [0, 0, 1, 1], ["a", "b", "c", "d"], temperature=0.6)
     assert b.select_groups(torch.tensor([False, True])).temperature == 0.6
     assert RolloutBatch.concat([b, b], 0).temperature == 0.6
     other = RolloutBatch(**{**vars(b), "temperature": 1.0})

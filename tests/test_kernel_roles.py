@@ -114,10 +114,9 @@ def test_an_invalid_stage_override_names_stage_role_and_key(write_config):
 def test_verifier_errors_cost_samples_but_a_plugin_error_stops_the_run(tmp_path):
     """A verifier that raises costs its samples their reward (counted as errors); one that
     raises PluginError (e.g. with ``fail_fast``) means the run must stop."""
-    import torch
-
-    from srpo.api import PluginContext, Prompt, RolloutBatch, Verifier
+    from srpo.api import PluginContext, Prompt, Verifier
     from srpo.kernel.verify import verify_batch
+    from tests.support.batches import make_batch
 
     class Raises(Verifier):
         def __init__(self, error: Exception) -> None:
@@ -127,18 +126,7 @@ def test_verifier_errors_cost_samples_but_a_plugin_error_stops_the_run(tmp_path)
         def score(self, prompts, responses):
             raise self.error
 
-    batch = RolloutBatch(
-        prompts=[Prompt(1, "math", "q", "1")],
-        group=torch.tensor([0, 0]),
-        sample=torch.tensor([0, 1]),
-        prompt_token_ids=[[1]],
-        response_ids=torch.ones(2, 1, dtype=torch.long),
-        response_mask=torch.ones(2, 1, dtype=torch.bool),
-        behaviour_logp=torch.zeros(2, 1),
-        truncated=torch.zeros(2, dtype=torch.bool),
-        response_text=["a", "b"],
-        temperature=1.0,
-    )
+    batch = make_batch([Prompt(1, "math", "q", "1")], [0, 0], ["a", "b"])
     scores = verify_batch({"math": Raises(ValueError("oops"))}, batch)
     assert scores.reward.tolist() == [0.0, 0.0] and scores.num_errors == 2
     assert scores.error[0] == "verifier raised ValueError: oops"

@@ -41,7 +41,11 @@ Each piece above is a registered function (``srpo.algo.registry``): the advantag
 the aggregation are looked up by the names in ``LossConfig``; ``grpo_loss_reference`` composes
 them. The compiled op implements the built-in combination (``LossConfig.fused``).
 
-Stats (0-dim tensors; no host sync unless ``check_finite``, which reads one flag per input): ``clip_frac_low`` (share of tokens with A < 0 and
+Host syncs: this is the oracle, not the fast path — grouping (``torch.unique`` and the group
+count) reads the device, and ``check_finite`` reads one flag per input. The compiled op
+(``srpo.ops``) is the one without them.
+
+Stats (0-dim tensors): ``clip_frac_low`` (share of tokens with A < 0 and
 rho < 1 - clip_low), ``clip_frac_high`` (A > 0 and rho > 1 + clip_high), ``dual_clip_frac``
 (A < 0 and the dual bound active), ``approx_kl`` (token mean of k2 between the current and the
 behaviour policy: 0.5 (logp - old_logp)^2), ``kl`` (token mean of the chosen estimator vs the

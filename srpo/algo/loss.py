@@ -3,7 +3,7 @@ registry composition in torch for everything else."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
 
 import torch
 
@@ -12,17 +12,8 @@ from srpo.algo.grpo import LossConfig, LossOutput, grpo_loss_reference
 BACKENDS = ("auto", "compiled", "reference")
 
 
-class LossFn(Protocol):
-    def __call__(
-        self,
-        rewards: torch.Tensor,
-        group_ids: torch.Tensor,
-        logp: torch.Tensor,
-        old_logp: torch.Tensor,
-        mask: torch.Tensor,
-        ref_logp: torch.Tensor | None = None,
-        cfg: LossConfig = ...,
-    ) -> LossOutput: ...
+#: What the policy calls: ``(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg=...)``.
+LossFn = Callable[..., LossOutput]
 
 
 def make_loss_fn(backend: str = "auto") -> LossFn:

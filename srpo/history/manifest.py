@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from srpo.durable import fsync_path
 from srpo.history.errors import HistoryCorruptError
 from srpo.history.frames import crc32
 from srpo.history.schema import FORMAT_VERSION
@@ -49,14 +50,6 @@ def list_shards(root: Path) -> list[int]:
         except (IndexError, ValueError):
             continue
     return sorted(shards)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- manifest
@@ -132,4 +125,4 @@ def write_manifest(root: Path, m: Manifest) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(root)
+    fsync_path(root)

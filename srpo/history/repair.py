@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from srpo.durable import fsync_path
 from srpo.history.errors import HistoryCorruptError
 from srpo.history.manifest import (
     Manifest,
-    fsync_dir,
     manifest_path,
     segment_files,
     segment_path,
@@ -59,5 +59,5 @@ def repair_shard(root: Path, m: Manifest) -> SegmentView:
         finally:
             os.close(fd)
     if changed:
-        fsync_dir(root)
+        fsync_path(root)
     return view

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from srpo.durable import fsync_path
 from srpo.errors import SrpoError
 from srpo.kernel.signals import fault_point
 
@@ -76,14 +77,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 # -- durable file operations ----------------------------------------------------------------
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -104,7 +97,7 @@ def write_text_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_path(path.parent)
+    fsync_path(path.parent)
 
 
 def step_of(path: Path) -> int | None:
@@ -327,19 +320,19 @@ class CheckpointManager:
         torch.save({"format": FORMAT, **state}, tmp / STATE)
         files = {}
         for p in _files(tmp):
-            _fsync_path(p)
+            fsync_path(p)
             files[p.relative_to(tmp).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
         for d in sorted({p.parent for p in _files(tmp)}, key=lambda p: len(p.parts), reverse=True):
-            _fsync_path(d)
+            fsync_path(d)
         manifest = {"format": FORMAT, "step": step, "files": files}
         (tmp / COMPLETE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        _fsync_path(tmp / COMPLETE)
-        _fsync_path(tmp)
+        fsync_path(tmp / COMPLETE)
+        fsync_path(tmp)
         fault_point("checkpoint_publish")
         if final.exists():  # an older checkpoint of the same step (a resumed run re-saving it)
             self._discard(final)
         os.rename(tmp, final)
-        _fsync_path(self.root)
+        fsync_path(self.root)
         fault_point("checkpoint_latest")
         write_text_atomic(self.root / LATEST, final.name + "\n")
         self.last_step = step
@@ -370,7 +363,7 @@ class CheckpointManager:
         # rename first: a crash mid-delete must not leave something that looks like a step dir
         trash = self.root / f".trash-{path.name}-{os.getpid()}"
         os.rename(path, trash)
-        _fsync_path(self.root)
+        fsync_path(self.root)
         shutil.rmtree(trash, ignore_errors=True)
 
     def _clean_temporaries(self) -> None:

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-TESTS = Path(__file__).resolve().parents[1]
-ROOT = TESTS.parent
-TINY = ROOT / "examples" / "tiny"
+from tests.support.tiny import ROOT, TINY, set_dotted
+
+TESTS = ROOT / "tests"
 MODEL = Path(os.environ.get("SRPO_TEST_MODEL", TINY / "model"))
 
 #: metrics that measure the machine, not the training: they differ between any two runs
@@ -53,13 +53,7 @@ def small_config(out: Path, steps_per_epoch: int = 6, **overrides: Any) -> dict:
     cfg["sampler"]["options"]["max_new_tokens"] = 12
     cfg["checkpoint"] = {"every": 1, "keep": 2}
     cfg["loggers"] = [{"name": "jsonl"}]
-    for dotted, value in overrides.items():
-        cur = cfg
-        keys = dotted.split(".")
-        for k in keys[:-1]:
-            cur = cur.setdefault(k, {})
-        cur[keys[-1]] = value
-    return cfg
+    return set_dotted(cfg, overrides)
 
 
 def write(cfg: dict, path: Path) -> Path:

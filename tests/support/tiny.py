@@ -23,6 +23,11 @@ def tiny_config(out: Path, **overrides: object) -> dict:
     cfg["run"]["max_steps"] = 3
     cfg["run"]["prompts_per_step"] = 8
     cfg["eval"]["max_prompts"] = 32
+    return set_dotted(cfg, overrides)
+
+
+def set_dotted(cfg: dict, overrides: dict[str, object]) -> dict:
+    """Set ``{"a.b.c": value}`` keys in a nested run-file dict (creating sections)."""
     for dotted, value in overrides.items():
         cur = cfg
         keys = dotted.split(".")
