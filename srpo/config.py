@@ -61,7 +61,18 @@ class PolicySection(_Strict):
     mini_batches: int = Field(1, ge=1, description="optimizer steps per training batch")
     ppo_epochs: int = Field(1, ge=1)
     chat_template: bool | None = None  # None: use the tokenizer's when it has one
+    system_prompt: str | None = Field(
+        None, description="system message for prompts that have none (chat template only)"
+    )
     reference_path: Path | None = None  # KL reference; default: the initial policy
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in backward (transformers' own): less memory"
+    )
+    skip_zero_advantage: bool = Field(
+        True,
+        description="skip forward/backward of micro-batches whose groups all have zero "
+        "advantage when nothing else gives a gradient (the update is bit-identical)",
+    )
     optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
 
 

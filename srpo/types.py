@@ -20,6 +20,9 @@ class Prompt:
     ``id`` is a stable u64 (same dataset row → same id across runs), so the history store
     and the curricula can talk about prompts without keeping their text.
     ``reference`` is what the domain's verifier checks against (a math answer, code tests).
+    ``messages`` is set when the dataset gives the prompt as chat messages
+    (``[{"role": ..., "content": ...}, ...]``); ``text`` is then the last user message, for
+    verifiers and logs.
     """
 
     id: int
@@ -27,6 +30,12 @@ class Prompt:
     text: str
     reference: Any
     meta: Mapping[str, Any] = field(default_factory=dict)
+    messages: tuple[Mapping[str, str], ...] | None = None
+
+    @property
+    def chat(self) -> str | Sequence[Mapping[str, str]]:
+        """What goes through the chat template: the messages if given, else the text."""
+        return self.messages if self.messages is not None else self.text
 
 
 @dataclass

@@ -4,7 +4,8 @@ It shares the policy's weights (no copy, so ``sync`` has nothing to do). The beh
 log-probs it returns are those of the distribution it sampled from: after temperature and,
 when set, top-p/top-k truncation (renormalized). The trainer computes its log-probs at the
 batch's temperature over the full vocabulary, so with top-p/top-k < full the two differ on
-purpose; ``behaviour_logp_gap`` in the step metrics shows by how much.
+purpose; ``behaviour_logp_gap`` in the step metrics shows by how much. Only the sampled
+token's log-prob is kept per step (``ChosenLogprobs``): O(n·T) memory, never [n, T, V].
 """
 
 from __future__ import annotations
@@ -13,6 +14,14 @@ from collections.abc import Sequence
 
 import torch
 from pydantic import Field
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from srpo.api import (
     PluginContext,
@@ -46,7 +55,7 @@ class HFSampler(Sampler):
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], n: int, *, greedy: bool = False) -> RolloutBatch:
-        prompt_ids = [self.policy.encode_prompt(p.text) for p in prompts]
+        prompt_ids = [self.policy.encode_prompt(p.chat) for p in prompts]
         flat = [(g, s) for g in range(len(prompts)) for s in range(n)]
         chunks = [
             flat[i : i + self.options.batch_size]
@@ -100,41 +109,77 @@ class HFSampler(Sampler):
         eos = self.tokenizer.eos_token_id
         ids, att = left_pad([prompt_ids[g] for g, _ in rows], pad)
         lp = ids.shape[1]
-        o = self.options
-        sampling = (
-            {}
-            if greedy
-            else {
-                "do_sample": True,
-                "temperature": o.temperature,
-                "top_p": o.top_p,
-                "top_k": o.top_k or 0,
-            }
+        recorder = None if greedy else ChosenLogprobs()
+        # Our own config, not the model's generation_config.json: its defaults (top_p,
+        # repetition penalty, ...) would change the sampling distribution behind our back.
+        config = GenerationConfig(
+            max_new_tokens=self.options.max_new_tokens,
+            do_sample=not greedy,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            temperature=1.0,  # applied by our processors below, in HF's order
+            top_k=0,
+            top_p=1.0,
         )
         out = model.generate(
             input_ids=ids.to(device),
             attention_mask=att.to(device),
-            max_new_tokens=o.max_new_tokens,
-            pad_token_id=pad,
-            eos_token_id=eos,
-            do_sample=not greedy,
-            output_scores=True,
+            generation_config=config,
+            logits_processor=None if greedy else self._processors(recorder),
             return_dict_in_generate=True,
-            **{k: v for k, v in sampling.items() if k != "do_sample"},
         )
         resp = out.sequences[:, lp:].cpu()
-        T = resp.shape[1]
-        if T == 0:
+        if resp.shape[1] == 0:
             z = torch.zeros((len(rows), 0))
             return z.long(), z.bool(), z, torch.ones(len(rows), dtype=torch.bool)
         is_eos = resp == eos
         seen_eos_before = (is_eos.cumsum(1) - is_eos.long()) > 0
         mask = ~seen_eos_before  # up to and including the first EOS
-        scores = torch.stack(out.scores, dim=1).float().cpu()  # [n, T, V] processed logits
-        if greedy:
+        if recorder is None:
             logp = torch.zeros(resp.shape)
         else:
-            logp = torch.log_softmax(scores, -1).gather(-1, resp.unsqueeze(-1)).squeeze(-1)
-            logp = logp.masked_fill(~mask, 0.0)
-        truncated = ~is_eos.any(1)
-        return resp, mask, logp, truncated
+            logp = recorder.result(out.sequences).cpu().masked_fill(~mask, 0.0)
+        return resp, mask, logp, ~is_eos.any(1)
+
+    def _processors(self, recorder: ChosenLogprobs) -> LogitsProcessorList:
+        """Temperature, top-k, top-p (the order transformers uses), then the recorder, so it
+        sees exactly the distribution each token was sampled from."""
+        o = self.options
+        out = LogitsProcessorList()
+        if o.temperature != 1.0:
+            out.append(TemperatureLogitsWarper(o.temperature))
+        if o.top_k:
+            out.append(TopKLogitsWarper(top_k=o.top_k))
+        if o.top_p < 1.0:
+            out.append(TopPLogitsWarper(top_p=o.top_p))
+        out.append(recorder)
+        return out
+
+
+class ChosenLogprobs(LogitsProcessor):
+    """Keeps the log-prob of each sampled token under the processed distribution: O(n·T)
+    memory instead of transformers' ``output_scores`` [n, T, V].
+
+    A logits processor sees step t's scores before its token is drawn, so it holds one
+    step's log-softmax [n, V] and gathers the token when it appears in ``input_ids`` at the
+    next call (the last step's in ``result``).
+    """
+
+    def __init__(self) -> None:
+        self.pending: torch.Tensor | None = None
+        self.chosen: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self._take(input_ids[:, -1])
+        self.pending = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        if self.pending is not None:
+            self.chosen.append(self.pending.gather(1, tokens[:, None]).squeeze(1))
+            self.pending = None
+
+    def result(self, sequences: torch.Tensor) -> torch.Tensor:
+        """[n, T] log-probs of the generated tokens (``sequences`` = prompt + response)."""
+        self._take(sequences[:, -1])
+        return torch.stack(self.chosen, dim=1)

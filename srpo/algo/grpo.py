@@ -57,7 +57,7 @@ has no clipping reports 0 for the clip fractions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
@@ -85,6 +85,7 @@ __all__ = [
     "group_advantages",
     "grpo_loss_reference",
     "validate_inputs",
+    "zero_gradient_at_zero_advantage",
 ]
 
 #: The built-in names the compiled op implements (its enum order: csrc/grpo.h).
@@ -156,6 +157,12 @@ class LossConfig:
             options if isinstance(options, Mapping) else getattr(options, "__dict__", {})
         )
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+    @property
+    def zero_advantage_means_zero_gradient(self) -> bool:
+        """Whether rollouts with advantage 0 contribute exactly nothing to the gradient."""
+        surrogate = POLICY_LOSSES.get(self.policy_loss)
+        return self.kl_coef == 0.0 and getattr(surrogate, "zero_gradient_at_zero_advantage", False)
 
     @property
     def fused(self) -> bool:
@@ -357,7 +364,15 @@ def group_advantages(
 # --------------------------------------------------------------------------- surrogates
 
 
+def zero_gradient_at_zero_advantage(fn: Callable[..., SurrogateOutput]) -> Callable:
+    """Mark a surrogate whose loss and gradient are exactly 0 wherever the advantage is 0,
+    so the policy may skip micro-batches of flat groups (when there is no KL term)."""
+    fn.zero_gradient_at_zero_advantage = True  # type: ignore[attr-defined]
+    return fn
+
+
 @register_policy_loss("ppo_clip")
+@zero_gradient_at_zero_advantage
 def ppo_clip(
     logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, cfg: LossConfig
 ) -> SurrogateOutput:

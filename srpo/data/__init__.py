@@ -72,13 +72,10 @@ def _to_prompt(
     reference_key: str,
     id_key: str | None,
 ) -> Prompt:
-    text = row.get(prompt_key)
-    if not isinstance(text, str) or not text.strip():
-        got = "missing" if prompt_key not in row else f"{type(text).__name__} {text!r:.40}"
-        raise DataError(f"{where}: record field {prompt_key!r} must be a non-empty string ({got})")
+    text, messages = _prompt_of(row, where, prompt_key)
     if reference_key not in row or row[reference_key] is None:
         raise DataError(f"{where}: record field {reference_key!r} is missing")
-    key = text
+    key = text if messages is None else json.dumps(messages, sort_keys=True, ensure_ascii=False)
     if id_key is not None and id_key in row:
         if not isinstance(row[id_key], (str, int)) or isinstance(row[id_key], bool):
             raise DataError(f"{where}: record field {id_key!r} must be a string or integer")
@@ -90,4 +87,40 @@ def _to_prompt(
         text=text,
         reference=row[reference_key],
         meta=meta,
+        messages=messages,
     )
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def _prompt_of(
+    row: Mapping[str, Any], where: str, key: str
+) -> tuple[str, tuple[dict[str, str], ...] | None]:
+    """(text, messages): a non-empty string, or chat messages ending with a user turn."""
+    value = row.get(key)
+    if isinstance(value, list):
+        return _messages_of(value, where, key)
+    if not isinstance(value, str) or not value.strip():
+        got = "missing" if key not in row else f"{type(value).__name__} {value!r:.40}"
+        raise DataError(
+            f"{where}: record field {key!r} must be a non-empty string or a list of chat "
+            f"messages ({got})"
+        )
+    return value, None
+
+
+def _messages_of(value: list[Any], where: str, key: str) -> tuple[str, tuple[dict[str, str], ...]]:
+    messages = []
+    for i, m in enumerate(value):
+        at = f"{where}: record field {key!r}[{i}]"
+        if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m:
+            raise DataError(f"{at} must be an object with 'role' and 'content' only")
+        if m["role"] not in ROLES:
+            raise DataError(f"{at}: role must be one of {', '.join(ROLES)}, got {m['role']!r}")
+        if not isinstance(m.get("content"), str) or not m["content"].strip():
+            raise DataError(f"{at}: content must be a non-empty string")
+        messages.append({"role": m["role"], "content": m["content"]})
+    if not messages or messages[-1]["role"] != "user":
+        raise DataError(f"{where}: record field {key!r}: the last message must be the user's")
+    return messages[-1]["content"], tuple(messages)

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from srpo.algo import LossConfig, make_loss_fn
+from srpo.algo import ADVANTAGES, LossConfig, make_loss_fn
 from srpo.api import validate_override
 from srpo.config import AlgorithmSection, PolicySection
 from srpo.errors import PluginError, SrpoError
@@ -66,7 +66,7 @@ class _UpdateStats:
     reach the host once, at the end (a float() per micro-batch would stall a GPU's queue).
     Counts are summed; everything else is weighted by the micro-batch's tokens."""
 
-    SUMMED = ("tokens", "sequences")
+    SUMMED = ("tokens", "sequences", "skipped_tokens")
 
     def __init__(self) -> None:
         self.sums: dict[str, Any] = {}
@@ -91,6 +91,23 @@ class _UpdateStats:
         return {k: v / self.weights[k] if k in self.weights else v for k, v in host.items()}
 
 
+def _flat_micro_stats(m_host: torch.Tensor) -> dict[str, Any]:
+    """The loss stats a micro-batch of zero-advantage groups would report, known without
+    running it (loss and clip shares 0); approx_kl, entropy and the behaviour gap need the
+    forward pass and are averaged over the micro-batches that ran."""
+    return {
+        "loss": 0.0,
+        "clip_frac_low": 0.0,
+        "clip_frac_high": 0.0,
+        "dual_clip_frac": 0.0,
+        "kl": 0.0,
+        "adv_abs_mean": 0.0,
+        "zero_adv_group_frac": 1.0,
+        "tokens": float(m_host.sum()),
+        "sequences": float(m_host.any(1).sum()),
+    }
+
+
 class Policy:
     """The trainable model with its optimizer; owns log-probs, the update and checkpoints."""
 
@@ -107,6 +124,10 @@ class Policy:
         self.model, self.tokenizer = load_model_dir(model_dir, cfg.dtype)
         self.model.to(self.device)
         self.model.config.use_cache = True
+        if cfg.gradient_checkpointing:  # transformers' own; off during generation (eval mode)
+            self.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         self.use_chat_template = (
             bool(getattr(self.tokenizer, "chat_template", None))
             if cfg.chat_template is None
@@ -161,6 +182,9 @@ class Policy:
         through the tokenizer's chat template when it has one (and the run uses it)."""
         if self.use_chat_template:
             messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            system = self.cfg.system_prompt
+            if system is not None and not any(m["role"] == "system" for m in messages):
+                messages = [{"role": "system", "content": system}, *messages]
             ids = self.tokenizer.apply_chat_template(
                 list(messages), add_generation_prompt=True, tokenize=True
             )
@@ -262,6 +286,8 @@ class Policy:
             for groups in minis:
                 self._optimizer_step(batch, scores, mask, groups, old_logp, ref_logp, stats)
         metrics = stats.result()
+        skipped = metrics.pop("skipped_tokens", 0.0)
+        metrics["skipped_token_frac"] = skipped / max(metrics.get("tokens", 0.0), 1.0)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         self.model.eval()
         return metrics
@@ -278,18 +304,44 @@ class Policy:
     ) -> None:
         """Accumulate the gradient of one mini-batch over its micro-batches, then step. Each
         micro-batch's loss is weighted by its share of the mini-batch's tokens (sequences,
-        for the seq-mean aggregations), so the step equals one pass over the whole batch."""
+        for the seq-mean aggregations), so the step equals one pass over the whole batch.
+
+        A micro-batch whose groups all have zero advantage, under a loss where that means a
+        zero gradient, is not run at all: its tokens still count in the shares, and the
+        gradient (hence the step) is bit-identical to running it.
+        """
         micro = self._micro_batches(batch, groups)
         seq_level = self.loss_config.aggregation != "token-mean"
         rows_all = torch.cat(micro)
         denom = float((mask[rows_all].any(1) if seq_level else mask[rows_all]).sum())
         self.optimizer.zero_grad(set_to_none=True)
+        ran = False
         for rows in micro:
             m_host = mask[rows]
+            tokens = max(float(m_host.sum()), 1.0)
+            if self._no_gradient(batch, scores, rows):
+                stats.add(_flat_micro_stats(m_host), tokens)
+                stats.add({"skipped_tokens": float(m_host.sum())}, 0.0)
+                continue
             share = float((m_host.any(1) if seq_level else m_host).sum()) / max(denom, 1.0)
             micro_stats = self._micro_step(batch, scores, rows, m_host, old_logp, ref_logp, share)
-            stats.add(micro_stats, max(float(m_host.sum()), 1.0))
+            stats.add(micro_stats, tokens)
+            ran = True
+        if not ran:  # what backward of an all-zero loss leaves: zero gradients, still a step
+            for p in self.model.parameters():
+                if p.requires_grad:
+                    p.grad = torch.zeros_like(p)
         stats.add({"grad_norm": self._clip_and_step()}, 1.0)
+
+    def _no_gradient(self, batch: RolloutBatch, scores: Scores, rows: torch.Tensor) -> bool:
+        """Whether this micro-batch cannot change the weights: every advantage exactly 0
+        (by the run's own estimator, on the rows the loss would see) and nothing else in
+        the loss gives a gradient."""
+        cfg = self.loss_config
+        if not (self.cfg.skip_zero_advantage and cfg.zero_advantage_means_zero_gradient):
+            return False
+        adv = ADVANTAGES.get(cfg.advantage)(scores.reward[rows], batch.group[rows], cfg)
+        return bool((adv.advantages == 0).all())
 
     def _micro_step(
         self,
