@@ -45,7 +45,9 @@ def _extensions() -> tuple[list, dict]:
     # No OpenMP: the CPU op runs on its own claim-based helper threads (csrc/grpo.h,
     # grpo_cpu_parallel) and picks AVX2/AVX-512 kernels at run time, so the default -march is
     # kept and the module runs on any CPU of the architecture.
-    cxx = ["-O3", "-pthread"]
+    # -Wno-psabi: GCC notes that vector arguments of grpo_math.h's shared templates would pass
+    # differently with AVX; they are always inlined into the per-ISA kernels (csrc/grpo_cpu.cpp).
+    cxx = ["-O3", "-pthread", "-Wno-psabi"]
     link = ["-pthread"]
     nvcc_ok = bool(CUDA_HOME) and (Path(CUDA_HOME) / "bin" / "nvcc").exists()
     if torch.version.cuda and nvcc_ok and _flag("SRPO_CUDA", "1"):

@@ -1,4 +1,6 @@
-// torch.library registration of the fused GRPO loss: schema + CPU (and CUDA) implementations.
+// torch.library registration of the fused GRPO loss: the schema, and one implementation per
+// dispatch key (CPU; CUDA when built with it) sharing the argument checks, the allocation and
+// the packing of the outputs.
 //
 // The op returns the loss, the stats vector, the gradient d loss / d logp (computed in the same
 // pass, so backward is a scale) and the per-sequence advantages [N] (O(N), for logging/tests).
@@ -10,43 +12,154 @@
 
 #include <algorithm>
 #include <numeric>
+#include <optional>
+#include <string_view>
 #include <tuple>
 #include <vector>
 
 #include "grpo.h"
 
 #if defined(SRPO_WITH_CUDA)
-#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #endif
 
 namespace srpo {
 namespace {
 
 using at::Tensor;
+using Outputs = std::tuple<Tensor, Tensor, Tensor, Tensor>;  // loss, stats, grad, adv
 
-// Any integer ids -> dense ids in [0, G), sync-free on every device (sort + cumsum).
-Tensor dense_group_ids(const Tensor& ids) {
+// The loss options of the schema, validated (kl_estimator and aggregation as enums).
+struct Options {
+  double clip_low, clip_high;
+  std::optional<double> dual_clip;
+  double kl_coef;
+  int32_t kl;  // estimator; only used with ref_logp
+  int32_t agg;
+  std::optional<double> norm_constant;
+  bool std_normalize;
+  double eps, zero_var_tol;
+  bool need_grad;
+};
+
+// Names as in srpo.algo (KL_ESTIMATORS, AGGREGATIONS), in GrpoKL / GrpoAgg order.
+constexpr std::string_view kKLNames[] = {"k1", "k2", "k3"};
+constexpr std::string_view kAggNames[] = {"token-mean", "seq-mean-token-mean",
+                                          "seq-mean-token-sum-norm"};
+
+template <size_t K>
+int32_t parse_name(std::string_view value, const std::string_view (&names)[K], const char* arg) {
+  for (size_t k = 0; k < K; ++k)
+    if (value == names[k]) return static_cast<int32_t>(k);
+  std::string valid;
+  for (size_t k = 0; k < K; ++k) valid += (k ? ", " : "") + std::string(names[k]);
+  TORCH_CHECK_VALUE(false, "srpo::grpo_fwd: ", arg, " must be one of ", valid, ", got '",
+                    std::string(value), "'");
+  return 0;
+}
+
+// ---- step 1: argument checks ----
+
+void check_like_logp(const Tensor& x, const Tensor& logp, const char* name, bool same_dtype) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.sizes() == logp.sizes(), "srpo::grpo_fwd: ", name,
+                    " must have the shape of logp ", logp.sizes(), ", got ", x.sizes());
+  TORCH_CHECK_VALUE(x.device() == logp.device(), "srpo::grpo_fwd: ", name,
+                    " must be on the device of logp (", logp.device(), "), got ", x.device());
+  TORCH_CHECK_VALUE(!same_dtype || x.scalar_type() == logp.scalar_type(), "srpo::grpo_fwd: ",
+                    name, " dtype ", x.scalar_type(), " != logp dtype ", logp.scalar_type());
+}
+
+void check_tensors(const Tensor& rewards, const Tensor& group_ids, const Tensor& logp,
+                   const Tensor& old_logp, const Tensor& mask,
+                   const std::optional<Tensor>& ref_logp) {
+  TORCH_CHECK_VALUE(logp.dim() == 2, "srpo::grpo_fwd: logp must be [N, T], got ", logp.sizes());
+  const auto dt = logp.scalar_type();
+  TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16,
+                    "srpo::grpo_fwd: logp must be float32, float64 or bfloat16, got ", dt);
+  check_like_logp(old_logp, logp, "old_logp", /*same_dtype=*/true);
+  check_like_logp(mask, logp, "mask", /*same_dtype=*/false);
+  TORCH_CHECK_VALUE(mask.scalar_type() == at::kBool || at::isFloatingType(mask.scalar_type()),
+                    "srpo::grpo_fwd: mask must be bool or floating point, got ",
+                    mask.scalar_type());
+  if (ref_logp.has_value()) check_like_logp(*ref_logp, logp, "ref_logp", /*same_dtype=*/true);
+  const int64_t n = logp.size(0);
+  TORCH_CHECK_VALUE(rewards.dim() == 1 && rewards.size(0) == n,
+                    "srpo::grpo_fwd: rewards must be [N] with N = logp.shape[0] = ", n);
+  TORCH_CHECK_VALUE(group_ids.dim() == 1 && group_ids.size(0) == n,
+                    "srpo::grpo_fwd: group_ids must be [N] with N = logp.shape[0] = ", n);
+  TORCH_CHECK_VALUE(rewards.device() == logp.device() && group_ids.device() == logp.device(),
+                    "srpo::grpo_fwd: rewards and group_ids must be on the device of logp");
+  TORCH_CHECK_VALUE(at::isFloatingType(rewards.scalar_type()),
+                    "srpo::grpo_fwd: rewards must be floating point");
+  TORCH_CHECK_VALUE(at::isIntegralType(group_ids.scalar_type(), /*includeBool=*/false),
+                    "srpo::grpo_fwd: group_ids must be an integer tensor");
+}
+
+// The ranges srpo.algo.LossConfig enforces; the kernels rely on them (e.g. dual_clip > 1 keeps
+// the dual-clip flag off at masked positions).
+void check_options(const Options& o) {
+  TORCH_CHECK_VALUE(o.clip_low >= 0.0 && o.clip_low < 1.0,
+                    "srpo::grpo_fwd: clip_low must be in [0, 1), got ", o.clip_low);
+  TORCH_CHECK_VALUE(o.clip_high >= 0.0, "srpo::grpo_fwd: clip_high must be >= 0, got ",
+                    o.clip_high);
+  TORCH_CHECK_VALUE(!o.dual_clip || *o.dual_clip > 1.0,
+                    "srpo::grpo_fwd: dual_clip must be > 1 or None, got ", o.dual_clip.value_or(0));
+  TORCH_CHECK_VALUE(o.kl_coef >= 0.0, "srpo::grpo_fwd: kl_coef must be >= 0, got ", o.kl_coef);
+  TORCH_CHECK_VALUE(!o.norm_constant || *o.norm_constant > 0.0,
+                    "srpo::grpo_fwd: norm_constant must be > 0 or None");
+  TORCH_CHECK_VALUE(o.eps >= 0.0 && o.zero_var_tol >= 0.0,
+                    "srpo::grpo_fwd: eps and zero_var_tol must be >= 0");
+}
+
+Options parse_options(double clip_low, double clip_high, std::optional<double> dual_clip,
+                      double kl_coef, c10::string_view kl_estimator,
+                      c10::string_view aggregation, std::optional<double> norm_constant,
+                      bool std_normalize, double eps, double zero_var_tol, bool need_grad) {
+  Options o;
+  o.clip_low = clip_low;
+  o.clip_high = clip_high;
+  o.dual_clip = dual_clip;
+  o.kl_coef = kl_coef;
+  o.kl = kK1 + parse_name(kl_estimator, kKLNames, "kl_estimator");
+  o.agg = parse_name(aggregation, kAggNames, "aggregation");
+  o.norm_constant = norm_constant;
+  o.std_normalize = std_normalize;
+  o.eps = eps;
+  o.zero_var_tol = zero_var_tol;
+  o.need_grad = need_grad;
+  check_options(o);
+  return o;
+}
+
+// ---- step 2: inputs in kernel layout, outputs and workspace ----
+
+// Any integer ids -> dense ids in [0, G). CPU: a plain sort on the caller's thread (the ATen
+// version is ~5 small ops, and index_put_ opens an OpenMP region whose wake-up costs
+// milliseconds on a busy machine).
+Tensor dense_group_ids_cpu(const Tensor& ids) {
+  Tensor ids64 = ids.to(at::kLong).contiguous();
+  const int64_t n = ids64.numel();
+  const int64_t* src = ids64.const_data_ptr<int64_t>();
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), int64_t(0));
+  std::stable_sort(order.begin(), order.end(),
+                   [src](int64_t x, int64_t y) { return src[x] < src[y]; });
+  Tensor dense = at::empty_like(ids64);
+  int64_t* dst = dense.mutable_data_ptr<int64_t>();
+  int64_t g = -1;
+  for (int64_t k = 0; k < n; ++k) {
+    if (k == 0 || src[order[k]] != src[order[k - 1]]) ++g;
+    dst[order[k]] = g;
+  }
+  return dense;
+}
+
+// Device version: sort + cumsum + scatter, no host sync.
+[[maybe_unused]] Tensor dense_group_ids_device(const Tensor& ids) {
   Tensor ids64 = ids.to(at::kLong).contiguous();
   const int64_t n = ids64.numel();
   if (n == 0) return ids64;
-  if (ids64.device().is_cpu()) {
-    // Plain sort on the caller's thread: the ATen version below is ~5 small ops, and
-    // index_put_ opens an OpenMP region whose wake-up costs milliseconds on a busy machine.
-    const int64_t* src = ids64.const_data_ptr<int64_t>();
-    std::vector<int64_t> order(static_cast<size_t>(n));
-    std::iota(order.begin(), order.end(), int64_t(0));
-    std::stable_sort(order.begin(), order.end(),
-                     [src](int64_t x, int64_t y) { return src[x] < src[y]; });
-    Tensor dense = at::empty_like(ids64);
-    int64_t* dst = dense.mutable_data_ptr<int64_t>();
-    int64_t g = -1;
-    for (int64_t k = 0; k < n; ++k) {
-      if (k == 0 || src[order[k]] != src[order[k - 1]]) ++g;
-      dst[order[k]] = g;
-    }
-    return dense;
-  }
   auto sorted = ids64.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
   const Tensor& keys = std::get<0>(sorted);
   const Tensor& perm = std::get<1>(sorted);
@@ -58,120 +171,134 @@ Tensor dense_group_ids(const Tensor& ids) {
   return dense;
 }
 
-void check_2d(const Tensor& x, const Tensor& like, const char* name) {
-  TORCH_CHECK_VALUE(x.dim() == 2 && x.sizes() == like.sizes(), "srpo::grpo_fwd: ", name,
-                    " must have the shape of logp ", like.sizes(), ", got ", x.sizes());
-  TORCH_CHECK_VALUE(x.device() == like.device(), "srpo::grpo_fwd: ", name,
-                    " must be on the device of logp (", like.device(), "), got ", x.device());
+// Owns every tensor the kernels read or write; `args` points into them.
+struct Launch {
+  Tensor logp, old_logp, ref_logp, mask, rewards, gid;  // contiguous, kernel dtypes
+  Tensor out, adv, grad, ws;
+  GrpoArgs args;
+};
+
+at::ScalarType acc_type(const Tensor& logp) {
+  return logp.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> grpo_fwd(
-    const Tensor& rewards, const Tensor& group_ids, const Tensor& logp, const Tensor& old_logp,
-    const Tensor& mask, const c10::optional<Tensor>& ref_logp, double clip_low, double clip_high,
-    double dual_clip, double kl_coef, int64_t kl_estimator, int64_t aggregation,
-    double norm_constant, bool std_normalize, double eps, double zero_var_tol, bool need_grad) {
-  TORCH_CHECK_VALUE(logp.dim() == 2, "srpo::grpo_fwd: logp must be [N, T], got ", logp.sizes());
+GrpoArgs make_args(const Options& o, int64_t n, int64_t t, at::ScalarType dt, bool has_ref,
+                   bool mask_is_bool) {
+  GrpoArgs a;
+  a.n = n;
+  a.t = t;
+  a.dtype = dt == at::kDouble ? kF64 : (dt == at::kBFloat16 ? kBF16 : kF32);
+  a.kl = has_ref ? o.kl : kKLNone;  // ref_logp without kl_coef: KL still reported as a stat
+  a.agg = o.agg;
+  a.mask_is_bool = mask_is_bool;
+  a.std_normalize = o.std_normalize;
+  a.need_grad = o.need_grad;
+  a.clip_low = o.clip_low;
+  a.clip_high = o.clip_high;
+  a.has_dual_clip = o.dual_clip.has_value();
+  a.dual_clip = o.dual_clip.value_or(0.0);
+  a.kl_coef = o.kl_coef;
+  a.norm_constant = o.norm_constant.value_or(static_cast<double>(t));
+  a.eps = o.eps;
+  a.zero_var_tol = o.zero_var_tol;
+  return a;
+}
+
+void point_args_at(Launch& l) {
+  GrpoArgs& a = l.args;
+  a.rewards = l.rewards.const_data_ptr<double>();
+  a.gid = l.gid.const_data_ptr<int64_t>();
+  a.logp = l.logp.const_data_ptr();
+  a.old_logp = l.old_logp.const_data_ptr();
+  a.ref_logp = l.ref_logp.defined() ? l.ref_logp.const_data_ptr() : nullptr;
+  a.mask = l.mask.const_data_ptr();
+  a.grad = a.need_grad ? l.grad.mutable_data_ptr() : nullptr;
+  a.adv = l.adv.mutable_data_ptr<double>();
+  a.out = l.out.mutable_data_ptr<double>();
+  a.ws = l.ws.mutable_data_ptr<double>();
+}
+
+// Inputs made contiguous in the kernels' dtypes, outputs and workspace allocated, GrpoArgs
+// pointing at them. `dense_ids`: the device's group-id densifier; `parts`: partial rows of its
+// fused pass.
+Launch prepare_launch(const Tensor& rewards, const Tensor& group_ids, const Tensor& logp,
+                      const Tensor& old_logp, const Tensor& mask,
+                      const std::optional<Tensor>& ref_logp, const Options& o,
+                      Tensor (*dense_ids)(const Tensor&), int64_t (*parts)(int64_t, int64_t)) {
   const int64_t n = logp.size(0), t = logp.size(1);
-  const auto dt = logp.scalar_type();
-  TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16,
-                    "srpo::grpo_fwd: logp must be float32, float64 or bfloat16, got ", dt);
-  check_2d(old_logp, logp, "old_logp");
-  check_2d(mask, logp, "mask");
-  TORCH_CHECK_VALUE(old_logp.scalar_type() == dt, "srpo::grpo_fwd: old_logp dtype ",
-                    old_logp.scalar_type(), " != logp dtype ", dt);
-  const bool has_ref = ref_logp.has_value() && ref_logp->defined();
-  if (has_ref) {
-    check_2d(*ref_logp, logp, "ref_logp");
-    TORCH_CHECK_VALUE(ref_logp->scalar_type() == dt, "srpo::grpo_fwd: ref_logp dtype ",
-                      ref_logp->scalar_type(), " != logp dtype ", dt);
-  }
-  TORCH_CHECK_VALUE(rewards.dim() == 1 && rewards.size(0) == n,
-                    "srpo::grpo_fwd: rewards must be [N] with N = logp.shape[0] = ", n);
-  TORCH_CHECK_VALUE(group_ids.dim() == 1 && group_ids.size(0) == n,
-                    "srpo::grpo_fwd: group_ids must be [N] with N = logp.shape[0] = ", n);
-  TORCH_CHECK_VALUE(rewards.device() == logp.device() && group_ids.device() == logp.device(),
-                    "srpo::grpo_fwd: rewards and group_ids must be on the device of logp");
-  TORCH_CHECK_VALUE(at::isFloatingType(rewards.scalar_type()),
-                    "srpo::grpo_fwd: rewards must be floating point");
-  TORCH_CHECK_VALUE(at::isIntegralType(group_ids.scalar_type(), /*includeBool=*/false),
-                    "srpo::grpo_fwd: group_ids must be an integer tensor");
-  TORCH_CHECK_VALUE(kl_estimator >= kK1 && kl_estimator <= kK3, "bad kl_estimator");
-  TORCH_CHECK_VALUE(aggregation >= kTokenMean && aggregation <= kSeqMeanTokenSumNorm,
-                    "bad aggregation");
-
-  const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
-  const auto f64 = logp.options().dtype(at::kDouble);
-  Tensor lp = logp.contiguous();
-  Tensor olp = old_logp.contiguous();
-  Tensor rlp = has_ref ? ref_logp->contiguous() : Tensor();
+  const bool has_ref = ref_logp.has_value();
   const bool mask_is_bool = mask.scalar_type() == at::kBool;
-  Tensor mk = mask_is_bool ? mask.contiguous() : mask.to(acc).contiguous();
-  Tensor r64 = rewards.to(at::kDouble).contiguous();
-  Tensor gid = dense_group_ids(group_ids);
+  const auto f64 = logp.options().dtype(at::kDouble);
+  Launch l;
+  l.logp = logp.contiguous();
+  l.old_logp = old_logp.contiguous();
+  if (has_ref) l.ref_logp = ref_logp->contiguous();
+  l.mask = mask_is_bool ? mask.contiguous() : mask.to(acc_type(logp)).contiguous();
+  l.rewards = rewards.to(at::kDouble).contiguous();
+  l.gid = n > 0 ? dense_ids(group_ids) : group_ids.to(at::kLong);
+  l.out = at::zeros({kNumOut}, f64);  // stays 0 for an empty batch (no kernel runs)
+  l.adv = at::zeros({n}, f64);
+  l.grad = at::empty(o.need_grad ? std::vector<int64_t>{n, t} : std::vector<int64_t>{0},
+                     logp.options());
+  l.ws = at::empty({n > 0 ? grpo_workspace_doubles(n, parts(n, t)) : 0}, f64);
 
-  Tensor out = at::zeros({kNumOut}, f64);
-  Tensor adv = at::zeros({n}, f64);
-  Tensor grad = need_grad ? at::empty({n, t}, logp.options()) : at::empty({0}, logp.options());
+  l.args = make_args(o, n, t, logp.scalar_type(), has_ref, mask_is_bool);
+  point_args_at(l);
+  return l;
+}
 
-  if (n > 0) {
-    const bool cuda = logp.is_cuda();
-#if defined(SRPO_WITH_CUDA)
-    const int64_t parts = cuda ? grpo_cuda_parts(n, t) : grpo_cpu_parts(n, t);
-#else
-    TORCH_CHECK(!cuda, "srpo::grpo_fwd: this build has no CUDA kernels");
-    const int64_t parts = grpo_cpu_parts(n, t);
-#endif
-    Tensor ws = at::empty({grpo_workspace_doubles(n, parts)}, f64);
-    GrpoArgs a;
-    a.n = n;
-    a.t = t;
-    a.dtype = dt == at::kDouble ? kF64 : (dt == at::kBFloat16 ? kBF16 : kF32);
-    a.kl = has_ref ? static_cast<int32_t>(kl_estimator) : kKLNone;
-    a.agg = static_cast<int32_t>(aggregation);
-    a.mask_is_bool = mask_is_bool;
-    a.std_normalize = std_normalize;
-    a.need_grad = need_grad;
-    a.clip_low = clip_low;
-    a.clip_high = clip_high;
-    a.dual_clip = dual_clip;
-    a.kl_coef = kl_coef;
-    a.norm_constant = norm_constant;
-    a.eps = eps;
-    a.zero_var_tol = zero_var_tol;
-    a.rewards = r64.data_ptr<double>();
-    a.gid = gid.data_ptr<int64_t>();
-    a.logp = lp.data_ptr();
-    a.old_logp = olp.data_ptr();
-    a.ref_logp = has_ref ? rlp.data_ptr() : nullptr;
-    a.mask = mk.data_ptr();
-    a.grad = need_grad ? grad.data_ptr() : nullptr;
-    a.adv = adv.data_ptr<double>();
-    a.out = out.data_ptr<double>();
-    a.ws = ws.data_ptr<double>();
-    if (cuda) {
-#if defined(SRPO_WITH_CUDA)
-      const c10::cuda::CUDAGuard guard(logp.device());
-      const int err = grpo_cuda_forward(a, c10::cuda::getCurrentCUDAStream().stream());
-      TORCH_CHECK(err == 0, "srpo::grpo_fwd: CUDA launch failed with cudaError ", err);
-#endif
-    } else {
-      // Rows in blocks of ~16K tokens over the caller + (threads - 1) helpers that are only
-      // waited for once they hold a block (grpo.h: grpo_cpu_parallel).
-      const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(t, 1));
-      const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-      grpo_cpu_parallel(
-          n, grain, threads,
-          [](void* p, int64_t b, int64_t e) { grpo_cpu_row_lengths(*static_cast<GrpoArgs*>(p), b, e); },
-          &a);
-      grpo_cpu_prepare(a);
-      grpo_cpu_parallel(
-          n, grain, threads,
-          [](void* p, int64_t b, int64_t e) { grpo_cpu_rows(*static_cast<GrpoArgs*>(p), b, e); }, &a);
-      grpo_cpu_finalize(a);
-    }
+// ---- step 3: the kernels of each dispatch key ----
+
+struct CpuKernels {
+  static constexpr auto dense_ids = &dense_group_ids_cpu;
+  static constexpr auto parts = &grpo_cpu_parts;
+  static void run(const GrpoArgs& a, const Tensor& /*logp*/) {
+    // Nested in an ATen parallel region: stay on this thread (grpo.h: grpo_cpu_parallel).
+    const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+    grpo_cpu_forward(a, threads);
   }
-  Tensor out_acc = out.to(acc);
-  return {out_acc.select(0, kOutLoss).clone(), out_acc.slice(0, 1).clone(), grad, adv};
+};
+
+#if defined(SRPO_WITH_CUDA)
+struct CudaKernels {
+  static constexpr auto dense_ids = &dense_group_ids_device;
+  static constexpr auto parts = &grpo_cuda_parts;
+  static void run(const GrpoArgs& a, const Tensor& logp) {
+    const c10::cuda::CUDAGuard guard(logp.device());
+    const int err = grpo_cuda_forward(a, c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err == 0, "srpo::grpo_fwd: CUDA launch failed with cudaError ", err);
+  }
+};
+#endif
+
+// ---- step 4: outputs ----
+
+// Loss and stats in the accumulation dtype, as separate tensors (an op's outputs must not
+// alias each other).
+Outputs finish(const Launch& l) {
+  const Tensor out = l.out.to(acc_type(l.logp));
+  return {out.select(0, kOutLoss).clone(), out.slice(0, 1).clone(), l.grad, l.adv};
+}
+
+// The op for the dispatch key of `Kernels` (registered once per key below): check, allocate,
+// run, pack.
+template <typename Kernels>
+Outputs grpo_fwd(const Tensor& rewards, const Tensor& group_ids, const Tensor& logp,
+                 const Tensor& old_logp, const Tensor& mask,
+                 const std::optional<Tensor>& ref_logp, double clip_low, double clip_high,
+                 std::optional<double> dual_clip, double kl_coef, c10::string_view kl_estimator,
+                 c10::string_view aggregation, std::optional<double> norm_constant,
+                 bool std_normalize, double eps, double zero_var_tol, bool need_grad) {
+  const std::optional<Tensor> ref =
+      ref_logp.has_value() && ref_logp->defined() ? ref_logp : std::nullopt;
+  check_tensors(rewards, group_ids, logp, old_logp, mask, ref);
+  const Options o = parse_options(clip_low, clip_high, dual_clip, kl_coef, kl_estimator,
+                                  aggregation, norm_constant, std_normalize, eps, zero_var_tol,
+                                  need_grad);
+  const Launch l = prepare_launch(rewards, group_ids, logp, old_logp, mask, ref, o,
+                                  Kernels::dense_ids, Kernels::parts);
+  if (l.args.n > 0) Kernels::run(l.args, logp);
+  return finish(l);
 }
 
 int64_t abi_version() { return kGrpoAbiVersion; }
@@ -195,21 +322,24 @@ bool has_cuda_kernels() {
 #define SRPO_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
 #define SRPO_LIBRARY_IMPL(ns, k, m) TORCH_LIBRARY_IMPL(ns, k, m)
 
+// Defaults are srpo.algo.LossConfig's (tests/test_ops_parity.py checks that they agree);
+// srpo.ops.grpo_loss passes every option explicitly.
 SRPO_LIBRARY(SRPO_OP_NAMESPACE, m) {
   m.def(
       "grpo_fwd(Tensor rewards, Tensor group_ids, Tensor logp, Tensor old_logp, Tensor mask, "
-      "Tensor? ref_logp, float clip_low, float clip_high, float dual_clip, float kl_coef, "
-      "int kl_estimator, int aggregation, float norm_constant, bool std_normalize, float eps, "
-      "float zero_var_tol, bool need_grad) -> (Tensor loss, Tensor stats, Tensor grad, "
-      "Tensor adv)");
+      "Tensor? ref_logp=None, *, float clip_low=0.2, float clip_high=0.2, "
+      "float? dual_clip=None, float kl_coef=0.0, str kl_estimator=\"k3\", "
+      "str aggregation=\"token-mean\", float? norm_constant=None, bool std_normalize=True, "
+      "float eps=1e-06, float zero_var_tol=1e-06, bool need_grad=True) "
+      "-> (Tensor loss, Tensor stats, Tensor grad, Tensor adv)");
   m.def("abi_version() -> int", &srpo::abi_version);
   m.def("has_cuda_kernels() -> bool", &srpo::has_cuda_kernels);
 }
 
-SRPO_LIBRARY_IMPL(SRPO_OP_NAMESPACE, CPU, m) { m.impl("grpo_fwd", &srpo::grpo_fwd); }
+SRPO_LIBRARY_IMPL(SRPO_OP_NAMESPACE, CPU, m) { m.impl("grpo_fwd", &srpo::grpo_fwd<srpo::CpuKernels>); }
 
 #if defined(SRPO_WITH_CUDA)
-SRPO_LIBRARY_IMPL(SRPO_OP_NAMESPACE, CUDA, m) { m.impl("grpo_fwd", &srpo::grpo_fwd); }
+SRPO_LIBRARY_IMPL(SRPO_OP_NAMESPACE, CUDA, m) { m.impl("grpo_fwd", &srpo::grpo_fwd<srpo::CudaKernels>); }
 #endif
 
 // Importable as `srpo._C` (the ops register at load time; the module itself is empty).

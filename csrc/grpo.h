@@ -4,7 +4,7 @@
 // mask [N,T]: group mean/std -> per-sequence advantage (never materialized as [N,T]) -> ratio,
 // clip low/high, optional dual clip, optional KL -> aggregated loss, the per-token gradient
 // d loss / d logp, and the stats. The math is documented in srpo/algo/grpo.py (the oracle);
-// grpo_math.h holds the per-token formulas shared by the CPU and CUDA kernels.
+// grpo_math.h holds every formula, shared by the CPU and CUDA kernels.
 //
 // Work is split in four steps so the gradient can be written with its final scale in one pass
 // (the aggregation normalizers need global counts first):
@@ -17,16 +17,18 @@
 #include <cstddef>
 #include <cstdint>
 
+// Host+device inline functions: __host__ __device__ when compiled by nvcc.
 #if defined(__CUDACC__)
-#define SRPO_WS_HD __host__ __device__ inline
+#define SRPO_HD __host__ __device__ __forceinline__
 #else
-#define SRPO_WS_HD inline
+#define SRPO_HD inline __attribute__((always_inline))
 #endif
 
 namespace srpo {
 
-// Bump when the op schema or the semantics change: srpo.ops refuses a stale prebuilt module.
-constexpr int64_t kGrpoAbiVersion = 3;
+// Bump when the op schema or the semantics change: srpo.ops refuses a stale prebuilt module
+// (srpo/ops/_loader.py ABI_VERSION).
+constexpr int64_t kGrpoAbiVersion = 4;
 
 enum GrpoDType : int32_t { kF32 = 0, kF64 = 1, kBF16 = 2 };
 enum GrpoKL : int32_t { kKLNone = 0, kK1 = 1, kK2 = 2, kK3 = 3 };  // kKLNone: no ref_logp
@@ -51,8 +53,9 @@ enum GrpoOut : int32_t {
   kNumOut
 };
 
-// Partial sums of the fused pass, one row of kNumPart doubles per partial (CPU: per row;
-// CUDA: per block). kPartLoss is already multiplied by the row scale.
+// Sums of the fused pass: the per-token accumulators (grpo_math.h TokenSums) and the partial
+// rows they are written to, one row of kNumPart doubles per partial (CPU: per row; CUDA: per
+// block). In a partial row, kPartLoss is already multiplied by the row scale.
 enum GrpoPart : int32_t {
   kPartLoss = 0,
   kPartClipLow,
@@ -75,11 +78,12 @@ struct GrpoArgs {
   bool mask_is_bool = true;  // else float weights in the accumulation type (float or double)
   bool std_normalize = true;
   bool need_grad = true;
+  bool has_dual_clip = false;
   double clip_low = 0.2;
   double clip_high = 0.2;
-  double dual_clip = 0.0;  // <= 0: off
+  double dual_clip = 0.0;  // c > 1; used only when has_dual_clip
   double kl_coef = 0.0;
-  double norm_constant = 0.0;  // <= 0: T
+  double norm_constant = 0.0;  // seq-mean-token-sum-norm divisor (already resolved: None -> T)
   double eps = 1e-6;
   double zero_var_tol = 1e-6;
 
@@ -103,15 +107,16 @@ struct GrpoWorkspace {
   double* g_sum;  // [n]
   double* g_sq;  // [n]
   double* g_maxdev;  // [n] (bit pattern of a non-negative double; CUDA uses atomicMax on it)
-  double* misc;  // [8]: 0 tokens, 1 sequences, 2 groups
+  double* misc;  // [8]: kMiscTokens, kMiscSeqs, kMiscGroups
   double* part;  // [parts, kNumPart]
 };
+enum GrpoMisc : int32_t { kMiscTokens = 0, kMiscSeqs = 1, kMiscGroups = 2 };
 
-SRPO_WS_HD int64_t grpo_workspace_doubles(int64_t n, int64_t parts) {
+SRPO_HD int64_t grpo_workspace_doubles(int64_t n, int64_t parts) {
   return 6 * n + 8 + parts * kNumPart;
 }
 
-SRPO_WS_HD GrpoWorkspace grpo_workspace(double* ws, int64_t n) {
+SRPO_HD GrpoWorkspace grpo_workspace(double* ws, int64_t n) {
   GrpoWorkspace w;
   w.row_scale = ws;
   w.row_len = ws + n;
@@ -124,12 +129,11 @@ SRPO_WS_HD GrpoWorkspace grpo_workspace(double* ws, int64_t n) {
   return w;
 }
 
-// ---- CPU (csrc/grpo_cpu.cpp). Row-range functions are called from a parallel loop. ----
+// ---- CPU (csrc/grpo_cpu.cpp) ----
 int64_t grpo_cpu_parts(int64_t n, int64_t t);
-void grpo_cpu_row_lengths(const GrpoArgs& a, int64_t row_begin, int64_t row_end);
-void grpo_cpu_prepare(const GrpoArgs& a);
-void grpo_cpu_rows(const GrpoArgs& a, int64_t row_begin, int64_t row_end);
-void grpo_cpu_finalize(const GrpoArgs& a);
+// All four steps, the O(N*T) ones over the caller + up to `threads - 1` helper threads
+// (grpo_cpu_parallel). Synchronous.
+void grpo_cpu_forward(const GrpoArgs& a, int threads);
 
 // Runs fn(ctx, begin, end) over [0, n) in blocks of `grain` rows, on the calling thread plus up
 // to `threads - 1` persistent helper threads. Blocks are claimed from an atomic counter and the

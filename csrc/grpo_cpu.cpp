@@ -1,17 +1,17 @@
-// CPU kernels of the fused GRPO loss (see grpo.h for the four steps).
+// CPU kernels of the fused GRPO loss (see grpo.h for the four steps; the math is grpo_math.h).
 //
-// Rows are independent, so the callers (bindings.cpp) split row ranges over ATen's thread pool
-// (OpenMP in stock torch builds, so no second OpenMP runtime). float32/bfloat16 rows run the
-// explicitly vectorized kernel of grpo_cpu_rows.inc (GCC/Clang vector extensions, branch-free,
-// polynomial exp), compiled once portably (4 lanes: SSE2 / NEON) and, on x86-64, once for
-// AVX2+FMA (8 lanes) and once for AVX-512 (16 lanes), picked at run time (SRPO_CPU_ISA=base|avx2
-// caps the choice). float64 rows use the scalar grpo_math.h path with libm exp.
+// Rows are independent: grpo_cpu_forward splits row ranges over the caller plus persistent
+// helper threads of its own (grpo_cpu_parallel, below; no OpenMP, see grpo.h for why).
+// float32/bfloat16 rows run grpo_math.h's token math on SIMD vectors (grpo_cpu_rows.inc: GCC/
+// Clang vector extensions, branch-free, polynomial exp), compiled once portably (4 lanes: SSE2
+// / NEON) and, on x86-64, once for AVX2+FMA (8 lanes) and once for AVX-512 (16 lanes), picked
+// at run time (SRPO_CPU_ISA=base|avx2 caps the choice). float64 rows run the same token math on
+// scalars with libm exp.
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
-#include <vector>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -23,6 +23,12 @@
 #include <unistd.h>
 #endif
 
+// grpo_math.h's templates take SIMD vector types by value but have no target attribute (they
+// are shared with the scalar and CUDA code), so GCC warns that their out-of-line ABI would
+// differ with AVX. They never exist out of line: fused_rows inlines all of them (flatten).
+// (GCC also prints a one-time -Wpsabi note that this pragma cannot silence: the build passes
+// -Wno-psabi.)
+#pragma GCC diagnostic ignored "-Wpsabi"
 #include "grpo.h"
 #include "grpo_math.h"
 
@@ -41,62 +47,21 @@
 namespace srpo {
 namespace {
 
-template <typename M, typename Acc>
-SRPO_HD Acc mask_value(M v) {
-  return static_cast<Acc>(v);
-}
-template <>
-SRPO_HD float mask_value<uint8_t, float>(uint8_t v) {
-  return v != 0 ? 1.0f : 0.0f;
-}
-template <>
-SRPO_HD double mask_value<uint8_t, double>(uint8_t v) {
-  return v != 0 ? 1.0 : 0.0;
-}
-
-// float64 inputs: the scalar grpo_math.h path with libm exp (exact; what gradcheck sees).
+// float64 inputs: grpo_math.h's token math on scalars, libm exp (what gradcheck sees).
 template <typename M, int KL, bool G>
 void fused_rows_f64(const GrpoArgs& a, int64_t row_begin, int64_t row_end) {
-  using Acc = double;
   const GrpoWorkspace w = grpo_workspace(a.ws, a.n);
   const int64_t t = a.t;
   for (int64_t i = row_begin; i < row_end; ++i) {
-    const double* __restrict lp = static_cast<const double*>(a.logp) + i * t;
-    const double* __restrict op = static_cast<const double*>(a.old_logp) + i * t;
-    const double* __restrict rp = KL != kKLNone ? static_cast<const double*>(a.ref_logp) + i * t : lp;
-    const M* __restrict mk = static_cast<const M*>(a.mask) + i * t;
-    double* __restrict gr = G ? static_cast<double*>(a.grad) + i * t : nullptr;
-    const TokenParams<Acc> p = make_token_params<Acc>(a, a.adv[i]);
-    const Acc s = w.row_scale[i];
-    Acc sl = 0, scl = 0, sch = 0, sd = 0, sak = 0, skl = 0, bl = 0, bo = 0, br = 0;
-    for (int64_t j = 0; j < t; ++j) {
-      const Acc m = mask_value<M, Acc>(mk[j]);
-      const bool on = m != Acc(0);
-      const Acc x0 = lp[j], o0 = op[j];
-      const Acc r0 = KL != kKLNone ? rp[j] : Acc(0);
-      bl += (on & !is_finite(x0)) ? Acc(1) : Acc(0);
-      bo += (on & !is_finite(o0)) ? Acc(1) : Acc(0);
-      if (KL != kKLNone) br += (on & !is_finite(r0)) ? Acc(1) : Acc(0);
-      const TokenResult<Acc> res =
-          grpo_token<KL, Acc>(p, on ? x0 : Acc(0), on ? o0 : Acc(0), on ? r0 : Acc(0));
-      sl += m * res.loss;
-      scl += res.clip_low ? m : Acc(0);
-      sch += res.clip_high ? m : Acc(0);
-      sd += res.dual ? m : Acc(0);
-      sak += m * res.approx_kl;
-      skl += m * res.kl;
-      if (G) gr[j] = m * s * res.grad;
-    }
-    double* part = w.part + i * kNumPart;
-    part[kPartLoss] = w.row_scale[i] * sl;
-    part[kPartClipLow] = scl;
-    part[kPartClipHigh] = sch;
-    part[kPartDual] = sd;
-    part[kPartApproxKL] = sak;
-    part[kPartKL] = skl;
-    part[kPartBadLogp] = bl;
-    part[kPartBadOld] = bo;
-    part[kPartBadRef] = br;
+    const double* lp = static_cast<const double*>(a.logp) + i * t;
+    const double* op = static_cast<const double*>(a.old_logp) + i * t;
+    const double* rp = KL != kKLNone ? static_cast<const double*>(a.ref_logp) + i * t : lp;
+    const M* mk = static_cast<const M*>(a.mask) + i * t;
+    double* gr = G ? static_cast<double*>(a.grad) + i * t : nullptr;
+    const auto p = make_token_params<double>(a, a.adv[i], w.row_scale[i]);
+    TokenSums<ScalarLanes<double>> s{};
+    for (int64_t j = 0; j < t; ++j) scalar_token<KL, G>(p, lp, op, rp, mk, gr, j, s);
+    write_partial(w.part + i * kNumPart, s.v, w.row_scale[i]);
   }
 }
 
@@ -152,43 +117,34 @@ using RowsFn = void (*)(const GrpoArgs&, int64_t, int64_t);
 
 template <typename T, typename M, int KL, bool G>
 RowsFn pick_isa() {
+  if constexpr (std::is_same<T, double>::value) {
+    return &fused_rows_f64<M, KL, G>;
+  } else {
 #if defined(SRPO_X86_CLONES)
-  const int level = isa_level();
-  if (level == 2) return &isa_avx512::fused_rows<T, M, KL, G>;
-  if (level == 1) return &isa_avx2::fused_rows<T, M, KL, G>;
+    const int level = isa_level();
+    if (level == 2) return &isa_avx512::fused_rows<T, M, KL, G>;
+    if (level == 1) return &isa_avx2::fused_rows<T, M, KL, G>;
 #endif
-  return &isa_base::fused_rows<T, M, KL, G>;
+    return &isa_base::fused_rows<T, M, KL, G>;
+  }
 }
 
-template <typename M, int KL, bool G>
-RowsFn pick_f64() {
-  return &fused_rows_f64<M, KL, G>;
+template <typename T, typename M, int KL>
+RowsFn pick_grad(bool g) {
+  return g ? pick_isa<T, M, KL, true>() : pick_isa<T, M, KL, false>();
 }
 
 template <typename T, typename M>
 RowsFn pick_kl(int kl, bool g) {
-  if constexpr (std::is_same<T, double>::value) {
-    switch (kl) {
-      case kK1:
-        return g ? pick_f64<M, kK1, true>() : pick_f64<M, kK1, false>();
-      case kK2:
-        return g ? pick_f64<M, kK2, true>() : pick_f64<M, kK2, false>();
-      case kK3:
-        return g ? pick_f64<M, kK3, true>() : pick_f64<M, kK3, false>();
-      default:
-        return g ? pick_f64<M, kKLNone, true>() : pick_f64<M, kKLNone, false>();
-    }
-  } else {
-    switch (kl) {
-      case kK1:
-        return g ? pick_isa<T, M, kK1, true>() : pick_isa<T, M, kK1, false>();
-      case kK2:
-        return g ? pick_isa<T, M, kK2, true>() : pick_isa<T, M, kK2, false>();
-      case kK3:
-        return g ? pick_isa<T, M, kK3, true>() : pick_isa<T, M, kK3, false>();
-      default:
-        return g ? pick_isa<T, M, kKLNone, true>() : pick_isa<T, M, kKLNone, false>();
-    }
+  switch (kl) {
+    case kK1:
+      return pick_grad<T, M, kK1>(g);
+    case kK2:
+      return pick_grad<T, M, kK2>(g);
+    case kK3:
+      return pick_grad<T, M, kK3>(g);
+    default:
+      return pick_grad<T, M, kKLNone>(g);
   }
 }
 
@@ -199,114 +155,88 @@ RowsFn pick_mask(const GrpoArgs& a) {
                         : pick_kl<T, Acc>(a.kl, a.need_grad);
 }
 
-template <typename M, typename Acc>
-void row_lengths_impl(const GrpoArgs& a, int64_t b, int64_t e) {
+RowsFn pick_rows(const GrpoArgs& a) {
+  switch (a.dtype) {
+    case kF64:
+      return pick_mask<double>(a);
+    case kBF16:
+      return pick_mask<bf16>(a);
+    default:
+      return pick_mask<float>(a);
+  }
+}
+
+void row_lengths_f64(const GrpoArgs& a, int64_t b, int64_t e) {  // float64 mask weights
   const GrpoWorkspace w = grpo_workspace(a.ws, a.n);
   for (int64_t i = b; i < e; ++i) {
-    const M* mk = static_cast<const M*>(a.mask) + i * a.t;
-    Acc s = 0;
-    for (int64_t j = 0; j < a.t; ++j) s += mask_value<M, Acc>(mk[j]);
-    w.row_len[i] = static_cast<double>(s);
+    const double* mk = static_cast<const double*>(a.mask) + i * a.t;
+    double s = 0;
+    for (int64_t j = 0; j < a.t; ++j) s += mk[j];
+    w.row_len[i] = s;
   }
+}
+
+RowsFn pick_row_lengths(const GrpoArgs& a) {
+  if (a.dtype == kF64 && !a.mask_is_bool) return &row_lengths_f64;
+#if defined(SRPO_X86_CLONES)
+  const int level = isa_level();
+  if (level == 2) return a.mask_is_bool ? &isa_avx512::row_lengths_bool : &isa_avx512::row_lengths_float;
+  if (level == 1) return a.mask_is_bool ? &isa_avx2::row_lengths_bool : &isa_avx2::row_lengths_float;
+#endif
+  return a.mask_is_bool ? &isa_base::row_lengths_bool : &isa_base::row_lengths_float;
+}
+
+// Step 2 runs serially (O(N)): grpo_math.h's passes with plain updates.
+struct SerialUpdate {
+  static void add(double* p, double v) { *p += v; }
+  static void max_nonneg(double* p, double v) {
+    if (v > *p || v != v) *p = v;  // NaN sticks (as the CUDA atomicMax on the bits)
+  }
+};
+
+void prepare(const GrpoArgs& a) {
+  const GrpoWorkspace w = grpo_workspace(a.ws, a.n);
+  const int64_t n = a.n;
+  for (double* p : {w.g_cnt, w.g_sum, w.g_sq, w.g_maxdev}) std::fill(p, p + n, 0.0);
+  PrepareTotals tot;
+  for (int64_t i = 0; i < n; ++i) prepare_pass1<SerialUpdate>(a, w, i, tot);
+  for (int64_t i = 0; i < n; ++i) prepare_pass2<SerialUpdate>(a, w, i);
+  for (int64_t i = 0; i < n; ++i) prepare_pass3(a, w, i, tot.tokens, tot.seqs, tot);
+  const int64_t groups = static_cast<int64_t>(tot.groups);
+  for (int64_t g = 0; g < groups; ++g) tot.flat += group_flat(a, w, g) ? 1.0 : 0.0;
+  prepare_outputs(a, w, tot);
+}
+
+void finalize(const GrpoArgs& a, int64_t parts) {
+  const GrpoWorkspace w = grpo_workspace(a.ws, a.n);
+  double tot[kNumPart] = {0};
+  for (int64_t i = 0; i < parts; ++i)
+    for (int k = 0; k < kNumPart; ++k) tot[k] += w.part[i * kNumPart + k];
+  finalize_outputs(a, w, tot);
 }
 
 }  // namespace
 
 int64_t grpo_cpu_parts(int64_t n, int64_t /*t*/) { return n; }
 
-void grpo_cpu_row_lengths(const GrpoArgs& a, int64_t b, int64_t e) {
-  if (a.dtype == kF64 && !a.mask_is_bool) {
-    row_lengths_impl<double, double>(a, b, e);
-    return;
-  }
-#if defined(SRPO_X86_CLONES)
-  const int level = isa_level();
-  if (level == 2) return a.mask_is_bool ? isa_avx512::row_lengths_bool(a, b, e)
-                                        : isa_avx512::row_lengths_float(a, b, e);
-  if (level == 1) return a.mask_is_bool ? isa_avx2::row_lengths_bool(a, b, e)
-                                        : isa_avx2::row_lengths_float(a, b, e);
-#endif
-  return a.mask_is_bool ? isa_base::row_lengths_bool(a, b, e) : isa_base::row_lengths_float(a, b, e);
-}
-
-void grpo_cpu_prepare(const GrpoArgs& a) {
-  const GrpoWorkspace w = grpo_workspace(a.ws, a.n);
-  const int64_t n = a.n;
-  std::fill(w.g_cnt, w.g_cnt + n, 0.0);
-  std::fill(w.g_sum, w.g_sum + n, 0.0);
-  std::fill(w.g_sq, w.g_sq + n, 0.0);
-  std::fill(w.g_maxdev, w.g_maxdev + n, 0.0);
-  double bad = 0.0;
-  int64_t groups = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t g = a.gid[i];
-    w.g_cnt[g] += 1.0;
-    w.g_sum[g] += a.rewards[i];
-    bad += is_finite(a.rewards[i]) ? 0.0 : 1.0;
-    groups = std::max(groups, g + 1);
-  }
-  for (int64_t i = 0; i < n; ++i) {  // two-pass variance: stable for large |mean|
-    const int64_t g = a.gid[i];
-    const double dev = std::fabs(a.rewards[i] - w.g_sum[g] / w.g_cnt[g]);
-    w.g_sq[g] += dev * dev;
-    if (dev > w.g_maxdev[g] || dev != dev) w.g_maxdev[g] = dev;  // NaN sticks
-  }
-  double adv_abs = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t g = a.gid[i];
-    a.adv[i] = advantage(a, a.rewards[i], w.g_cnt[g], w.g_sum[g], w.g_sq[g], w.g_maxdev[g]);
-    adv_abs += std::fabs(a.adv[i]);
-  }
-  double flat = 0.0;
-  for (int64_t g = 0; g < groups; ++g)
-    flat += group_is_flat(w.g_cnt[g], w.g_sum[g] / w.g_cnt[g], w.g_maxdev[g], a.zero_var_tol);
-  double tokens = 0.0, seqs = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    tokens += w.row_len[i];
-    seqs += w.row_len[i] > 0.0 ? 1.0 : 0.0;
-  }
-  for (int64_t i = 0; i < n; ++i) w.row_scale[i] = row_scale(a, w.row_len[i], tokens, seqs);
-  w.misc[0] = tokens;
-  w.misc[1] = seqs;
-  w.misc[2] = static_cast<double>(groups);
-  a.out[kOutAdvAbs] = n > 0 ? adv_abs / static_cast<double>(n) : 0.0;
-  a.out[kOutZeroGroup] = groups > 0 ? flat / static_cast<double>(groups) : 0.0;
-  a.out[kOutTokens] = tokens;
-  a.out[kOutSeqs] = seqs;
-  a.out[kOutBadRewards] = bad;
-}
-
-void grpo_cpu_rows(const GrpoArgs& a, int64_t b, int64_t e) {
-  RowsFn fn = nullptr;
-  switch (a.dtype) {
-    case kF64:
-      fn = pick_mask<double>(a);
-      break;
-    case kBF16:
-      fn = pick_mask<bf16>(a);
-      break;
-    default:
-      fn = pick_mask<float>(a);
-  }
-  fn(a, b, e);
-}
-
-void grpo_cpu_finalize(const GrpoArgs& a) {
-  const GrpoWorkspace w = grpo_workspace(a.ws, a.n);
-  double acc[kNumPart] = {0};
-  for (int64_t i = 0; i < a.n; ++i)
-    for (int k = 0; k < kNumPart; ++k) acc[k] += w.part[i * kNumPart + k];
-  const double tokens = w.misc[0];
-  const double inv = tokens > 0.0 ? 1.0 / tokens : 0.0;
-  a.out[kOutLoss] = acc[kPartLoss];
-  a.out[kOutClipLow] = acc[kPartClipLow] * inv;
-  a.out[kOutClipHigh] = acc[kPartClipHigh] * inv;
-  a.out[kOutDual] = acc[kPartDual] * inv;
-  a.out[kOutApproxKL] = acc[kPartApproxKL] * inv;
-  a.out[kOutKL] = acc[kPartKL] * inv;
-  a.out[kOutBadLogp] = acc[kPartBadLogp];
-  a.out[kOutBadOld] = acc[kPartBadOld];
-  a.out[kOutBadRef] = acc[kPartBadRef];
+void grpo_cpu_forward(const GrpoArgs& a, int threads) {
+  if (a.n <= 0) return;
+  // Rows in blocks of ~16K tokens: large enough to amortize a claim, small enough to balance.
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(a.t, 1));
+  struct Job {
+    const GrpoArgs* a;
+    RowsFn fn;
+  };
+  const GrpoRangeFn run = [](void* ctx, int64_t b, int64_t e) {
+    const Job* job = static_cast<const Job*>(ctx);
+    job->fn(*job->a, b, e);
+  };
+  Job lengths{&a, pick_row_lengths(a)};
+  grpo_cpu_parallel(a.n, grain, threads, run, &lengths);
+  prepare(a);
+  Job rows{&a, pick_rows(a)};
+  grpo_cpu_parallel(a.n, grain, threads, run, &rows);
+  finalize(a, grpo_cpu_parts(a.n, a.t));
 }
 
 // ---- grpo_cpu_parallel: claim-based helper pool (see grpo.h) ----

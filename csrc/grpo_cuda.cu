@@ -1,5 +1,6 @@
-// CUDA kernels of the fused GRPO loss (see grpo.h for the four steps). No torch headers:
-// compiles standalone with `nvcc -c -arch=sm_80 grpo_cuda.cu` (sm_60+ for double atomicAdd).
+// CUDA kernels of the fused GRPO loss (see grpo.h for the four steps; every formula is in
+// grpo_math.h, shared with the CPU kernels). No torch headers: compiles standalone with
+// `nvcc -c -arch=sm_80 grpo_cuda.cu` (sm_60+ for double atomicAdd).
 //
 //   1. row_len_kernel     one block per row: sum of the mask
 //   2. prepare_kernel     ONE block: segmented group stats through global-memory atomics
@@ -46,24 +47,27 @@ __device__ V block_sum(V v, V* smem) {
   return v;
 }
 
-__device__ __forceinline__ void atomic_max_nonneg(double* addr, double v) {
-  // Non-negative doubles (and NaN, whose bits are larger than inf's) order like their bits.
-  atomicMax(reinterpret_cast<unsigned long long*>(addr),
-            static_cast<unsigned long long>(__double_as_longlong(v)));
-}
-
-template <typename M, typename Acc>
-__device__ __forceinline__ Acc mask_value(M v) {
-  return static_cast<Acc>(v);
-}
-template <>
-__device__ __forceinline__ float mask_value<uint8_t, float>(uint8_t v) {
-  return v != 0 ? 1.0f : 0.0f;
-}
-template <>
-__device__ __forceinline__ double mask_value<uint8_t, double>(uint8_t v) {
-  return v != 0 ? 1.0 : 0.0;
-}
+// Step 2's updates of the group sums: grpo_math.h's passes run block-strided, so the group
+// sums are shared between threads. (__host__ __device__ only because the pass templates are;
+// there is no host caller.)
+struct AtomicUpdate {
+  static SRPO_HD void add(double* addr, double v) {
+#if defined(__CUDA_ARCH__)
+    atomicAdd(addr, v);
+#else
+    *addr += v;
+#endif
+  }
+  static SRPO_HD void max_nonneg(double* addr, double v) {
+#if defined(__CUDA_ARCH__)
+    // Non-negative doubles (and NaN, whose bits are larger than inf's) order like their bits.
+    atomicMax(reinterpret_cast<unsigned long long*>(addr),
+              static_cast<unsigned long long>(__double_as_longlong(v)));
+#else
+    if (v > *addr || v != v) *addr = v;
+#endif
+  }
+};
 
 template <typename M>
 __global__ void row_len_kernel(GrpoArgs a) {
@@ -77,10 +81,11 @@ __global__ void row_len_kernel(GrpoArgs a) {
   if (threadIdx.x == 0) w.row_len[i] = s;
 }
 
+// ONE block: grpo_math.h's passes over rows (and groups), block-strided, a barrier between.
 __global__ void prepare_kernel(GrpoArgs a) {
   __shared__ double smem[32];
   __shared__ double sh_tokens, sh_seqs;
-  __shared__ long long sh_groups;
+  __shared__ unsigned long long sh_groups;
   const GrpoWorkspace w = grpo_workspace(a.ws, a.n);
   const int64_t n = a.n;
   if (threadIdx.x == 0) sh_groups = 0;
@@ -91,62 +96,35 @@ __global__ void prepare_kernel(GrpoArgs a) {
     w.g_maxdev[g] = 0.0;
   }
   __syncthreads();
-  double bad = 0.0, tokens = 0.0, seqs = 0.0;
-  long long groups = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const int64_t g = a.gid[i];
-    atomicAdd(&w.g_cnt[g], 1.0);
-    atomicAdd(&w.g_sum[g], a.rewards[i]);
-    bad += is_finite(a.rewards[i]) ? 0.0 : 1.0;
-    groups = g + 1 > groups ? g + 1 : groups;
-    tokens += w.row_len[i];
-    seqs += w.row_len[i] > 0.0 ? 1.0 : 0.0;
-  }
-  atomicMax(reinterpret_cast<unsigned long long*>(&sh_groups),
-            static_cast<unsigned long long>(groups));
-  bad = block_sum(bad, smem);
-  tokens = block_sum(tokens, smem);
-  seqs = block_sum(seqs, smem);
+  PrepareTotals t;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) prepare_pass1<AtomicUpdate>(a, w, i, t);
+  atomicMax(&sh_groups, static_cast<unsigned long long>(t.groups));
+  t.bad = block_sum(t.bad, smem);
+  t.tokens = block_sum(t.tokens, smem);
+  t.seqs = block_sum(t.seqs, smem);
   if (threadIdx.x == 0) {
-    sh_tokens = tokens;
-    sh_seqs = seqs;
-    a.out[kOutBadRewards] = bad;
+    sh_tokens = t.tokens;
+    sh_seqs = t.seqs;
   }
   __syncthreads();  // group sums complete and visible to the block
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const int64_t g = a.gid[i];
-    const double dev = fabs(a.rewards[i] - w.g_sum[g] / w.g_cnt[g]);
-    atomicAdd(&w.g_sq[g], dev * dev);
-    atomic_max_nonneg(&w.g_maxdev[g], dev);
-  }
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) prepare_pass2<AtomicUpdate>(a, w, i);
   __syncthreads();
-  double adv_abs = 0.0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const int64_t g = a.gid[i];
-    const double adv = advantage(a, a.rewards[i], w.g_cnt[g], w.g_sum[g], w.g_sq[g], w.g_maxdev[g]);
-    a.adv[i] = adv;
-    adv_abs += fabs(adv);
-    w.row_scale[i] = row_scale(a, w.row_len[i], sh_tokens, sh_seqs);
-  }
-  const long long ng = sh_groups;
-  double flat = 0.0;
-  for (long long g = threadIdx.x; g < ng; g += blockDim.x)
-    flat += group_is_flat(w.g_cnt[g], w.g_sum[g] / w.g_cnt[g], w.g_maxdev[g], a.zero_var_tol)
-                ? 1.0
-                : 0.0;
-  adv_abs = block_sum(adv_abs, smem);
-  flat = block_sum(flat, smem);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+    prepare_pass3(a, w, i, sh_tokens, sh_seqs, t);
+  t.groups = static_cast<double>(sh_groups);
+  const int64_t groups = static_cast<int64_t>(sh_groups);
+  for (int64_t g = threadIdx.x; g < groups; g += blockDim.x) t.flat += group_flat(a, w, g) ? 1.0 : 0.0;
+  t.adv_abs = block_sum(t.adv_abs, smem);
+  t.flat = block_sum(t.flat, smem);
   if (threadIdx.x == 0) {
-    w.misc[0] = sh_tokens;
-    w.misc[1] = sh_seqs;
-    w.misc[2] = static_cast<double>(ng);
-    a.out[kOutAdvAbs] = n > 0 ? adv_abs / static_cast<double>(n) : 0.0;
-    a.out[kOutZeroGroup] = ng > 0 ? flat / static_cast<double>(ng) : 0.0;
-    a.out[kOutTokens] = sh_tokens;
-    a.out[kOutSeqs] = sh_seqs;
+    t.tokens = sh_tokens;
+    t.seqs = sh_seqs;
+    prepare_outputs(a, w, t);
   }
 }
 
+// Blocks over (row, T-chunk): grpo_math.h's token_step per token (coalesced across the block),
+// the grad written once with its final scale, block partials of the sums.
 template <typename T, typename M, int KL, bool G>
 __global__ void __launch_bounds__(kThreads) fused_kernel(GrpoArgs a, int64_t chunks) {
   using Acc = typename AccOf<T>::type;
@@ -161,43 +139,20 @@ __global__ void __launch_bounds__(kThreads) fused_kernel(GrpoArgs a, int64_t chu
   const T* rp = KL != kKLNone ? static_cast<const T*>(a.ref_logp) + base : lp;
   const M* mk = static_cast<const M*>(a.mask) + base;
   T* gr = G ? static_cast<T*>(a.grad) + base : nullptr;
-  const TokenParams<Acc> p = make_token_params<Acc>(a, a.adv[i]);
-  const Acc s = static_cast<Acc>(w.row_scale[i]);
-  Acc acc[kNumPart];
-#pragma unroll
-  for (int k = 0; k < kNumPart; ++k) acc[k] = Acc(0);
+  const auto p = make_token_params<Acc>(a, a.adv[i], w.row_scale[i]);
+  TokenSums<ScalarLanes<Acc>> s{};
 #pragma unroll
   for (int it = 0; it < kItems; ++it) {
-    const int64_t j = j0 + it * kThreads + threadIdx.x;  // coalesced across the block
-    if (j < a.t) {
-      const Acc m = mask_value<M, Acc>(mk[j]);
-      const bool on = m != Acc(0);
-      const Acc x0 = load_acc(lp[j]);
-      const Acc o0 = load_acc(op[j]);
-      const Acc r0 = KL != kKLNone ? load_acc(rp[j]) : Acc(0);
-      acc[kPartBadLogp] += (on && !is_finite(x0)) ? Acc(1) : Acc(0);
-      acc[kPartBadOld] += (on && !is_finite(o0)) ? Acc(1) : Acc(0);
-      acc[kPartBadRef] += (KL != kKLNone && on && !is_finite(r0)) ? Acc(1) : Acc(0);
-      const TokenResult<Acc> res =
-          grpo_token<KL, Acc>(p, on ? x0 : Acc(0), on ? o0 : Acc(0), on ? r0 : Acc(0));
-      acc[kPartLoss] += m * res.loss;
-      acc[kPartClipLow] += res.clip_low ? m : Acc(0);
-      acc[kPartClipHigh] += res.clip_high ? m : Acc(0);
-      acc[kPartDual] += res.dual ? m : Acc(0);
-      acc[kPartApproxKL] += m * res.approx_kl;
-      acc[kPartKL] += m * res.kl;
-      if (G) store_from(gr + j, m * s * res.grad);
-    }
+    const int64_t j = j0 + it * kThreads + threadIdx.x;
+    if (j < a.t) scalar_token<KL, G>(p, lp, op, rp, mk, gr, j, s);
   }
-  double* part = w.part + block * kNumPart;
+  double sums[kNumPart];
 #pragma unroll
-  for (int k = 0; k < kNumPart; ++k) {
-    const Acc v = block_sum(acc[k], smem);
-    if (threadIdx.x == 0)
-      part[k] = k == kPartLoss ? w.row_scale[i] * static_cast<double>(v) : static_cast<double>(v);
-  }
+  for (int k = 0; k < kNumPart; ++k) sums[k] = static_cast<double>(block_sum(s.v[k], smem));
+  if (threadIdx.x == 0) write_partial(w.part + block * kNumPart, sums, w.row_scale[i]);
 }
 
+// ONE block: reduce the partials, then grpo_math.h's finalize.
 __global__ void finalize_kernel(GrpoArgs a, int64_t parts) {
   __shared__ double smem[32];
   const GrpoWorkspace w = grpo_workspace(a.ws, a.n);
@@ -206,19 +161,7 @@ __global__ void finalize_kernel(GrpoArgs a, int64_t parts) {
   for (int64_t b = threadIdx.x; b < parts; b += blockDim.x)
     for (int k = 0; k < kNumPart; ++k) tot[k] += w.part[b * kNumPart + k];
   for (int k = 0; k < kNumPart; ++k) tot[k] = block_sum(tot[k], smem);
-  if (threadIdx.x == 0) {
-    const double tokens = w.misc[0];
-    const double inv = tokens > 0.0 ? 1.0 / tokens : 0.0;
-    a.out[kOutLoss] = tot[kPartLoss];
-    a.out[kOutClipLow] = tot[kPartClipLow] * inv;
-    a.out[kOutClipHigh] = tot[kPartClipHigh] * inv;
-    a.out[kOutDual] = tot[kPartDual] * inv;
-    a.out[kOutApproxKL] = tot[kPartApproxKL] * inv;
-    a.out[kOutKL] = tot[kPartKL] * inv;
-    a.out[kOutBadLogp] = tot[kPartBadLogp];
-    a.out[kOutBadOld] = tot[kPartBadOld];
-    a.out[kOutBadRef] = tot[kPartBadRef];
-  }
+  if (threadIdx.x == 0) finalize_outputs(a, w, tot);
 }
 
 int64_t chunks_per_row(int64_t t) { return (t + kChunk - 1) / kChunk; }

@@ -3,7 +3,14 @@
 ``grpo_loss`` has the signature and the numbers of ``srpo.algo.grpo_loss_reference`` but runs
 as one pass over [N, T]: the per-sequence advantage is computed in the op (segmented mean/std
 over groups) and broadcast in registers, the gradient is written in the same pass, and the
-stats come back as tensors (no host sync, except the optional finiteness check).
+stats come back as tensors. The op itself never waits for the device; ``grpo_loss`` adds one
+host read of 4 counters when ``cfg.check_finite`` (the default) and none otherwise.
+
+The op is ``torch.ops.<ns>.grpo_fwd`` (``<ns>``: ``srpo``, or ``srpo_jit`` for the JIT build),
+registered per dispatch key (CPU, CUDA): the tensors positionally, the loss options as
+keyword-only arguments named like the ``LossConfig`` fields (``op_options``), ``None`` for
+"off" (``dual_clip``, ``norm_constant``) and the ``LossConfig`` names for ``kl_estimator`` and
+``aggregation``.
 
 Backends: ``"auto"`` (compiled when it loaded and supports the device, else the reference with
 one warning), ``"compiled"`` (error if unavailable), ``"reference"`` (the torch oracle).
@@ -15,8 +22,7 @@ from typing import Any
 
 import torch
 
-from srpo.algo.grpo import (
-    AGGREGATIONS,
+from srpo.algo import (
     STAT_NAMES,
     LossConfig,
     LossOutput,
@@ -25,10 +31,16 @@ from srpo.algo.grpo import (
 )
 from srpo.ops import _loader
 
-__all__ = ["LossConfig", "LossOutput", "active_backend", "backend_info", "grpo_loss"]
+__all__ = [
+    "LossConfig",
+    "LossOutput",
+    "active_backend",
+    "backend_info",
+    "grpo_loss",
+    "op_options",
+]
 
 _BACKENDS = ("auto", "compiled", "reference")
-_KL = {"k1": 1, "k2": 2, "k3": 3}
 _BAD_NAMES = ("rewards", "logp", "old_logp", "ref_logp")  # stats[9:13], see csrc/grpo.h
 
 
@@ -67,6 +79,22 @@ def backend_info() -> dict[str, Any]:
     }
 
 
+def op_options(cfg: LossConfig) -> dict[str, Any]:
+    """The keyword-only loss options of ``<ns>::grpo_fwd`` for ``cfg`` (all but need_grad)."""
+    return {
+        "clip_low": float(cfg.clip_low),
+        "clip_high": float(cfg.clip_high),
+        "dual_clip": None if cfg.dual_clip is None else float(cfg.dual_clip),
+        "kl_coef": float(cfg.kl_coef),
+        "kl_estimator": cfg.kl_estimator,
+        "aggregation": cfg.aggregation,
+        "norm_constant": None if cfg.norm_constant is None else float(cfg.norm_constant),
+        "std_normalize": bool(cfg.std_normalize),
+        "eps": float(cfg.eps),
+        "zero_var_tol": float(cfg.zero_var_tol),
+    }
+
+
 def _raise_if_nonfinite(stats_vec: torch.Tensor) -> None:
     """One host read of 4 counters (skipped under torch.compile tracing)."""
     bad = stats_vec[len(STAT_NAMES) : len(STAT_NAMES) + 4].tolist()
@@ -92,7 +120,9 @@ def grpo_loss(
     """GRPO-family loss; same math and stats as ``srpo.algo.grpo_loss_reference``.
 
     The loss is float32 for float32/bfloat16 ``logp`` (float32 accumulation) and float64 for
-    float64 ``logp``; the gradient w.r.t. ``logp`` has ``logp``'s dtype.
+    float64 ``logp``; the gradient w.r.t. ``logp`` has ``logp``'s dtype. Host syncs: one (a
+    read of the 4 non-finite counters, then ``ValueError`` if any is set) when
+    ``cfg.check_finite``, none otherwise (skipped under ``torch.compile`` tracing too).
     """
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
@@ -124,17 +154,8 @@ def grpo_loss(
         old_logp.detach(),
         mask,
         None if ref_logp is None else ref_logp.detach(),
-        float(cfg.clip_low),
-        float(cfg.clip_high),
-        float(cfg.dual_clip) if cfg.dual_clip is not None else 0.0,
-        float(cfg.kl_coef),
-        _KL[cfg.kl_estimator],
-        AGGREGATIONS.index(cfg.aggregation),
-        float(cfg.norm_constant) if cfg.norm_constant is not None else 0.0,
-        bool(cfg.std_normalize),
-        float(cfg.eps),
-        float(cfg.zero_var_tol),
-        need_grad,
+        **op_options(cfg),
+        need_grad=need_grad,
     )
     if cfg.check_finite and not torch.compiler.is_compiling():
         _raise_if_nonfinite(stats_vec)

@@ -15,7 +15,7 @@ import torch
 from srpo.ops._loader import NUM_STATS
 
 _registered: set[str] = set()
-_NUM_INPUTS = 17
+_NUM_POSITIONAL = 6  # rewards, group_ids, logp, old_logp, mask, ref_logp; the rest is kw-only
 
 
 def _fake(
@@ -24,10 +24,11 @@ def _fake(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
     mask: torch.Tensor,
-    ref_logp: torch.Tensor | None,
-    *args: Any,
+    ref_logp: torch.Tensor | None = None,
+    *,
+    need_grad: bool = True,  # the schema's default (the dispatcher drops defaulted arguments)
+    **_options: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    need_grad = bool(args[-1])
     acc = torch.float64 if logp.dtype == torch.float64 else torch.float32
     n, t = logp.shape
     loss = logp.new_empty((), dtype=acc)
@@ -37,13 +38,18 @@ def _fake(
     return loss, stats, grad, adv
 
 
-def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+def _setup_context(
+    ctx: Any,
+    inputs: tuple[Any, ...],
+    keyword_only_inputs: dict[str, Any],
+    output: tuple[torch.Tensor, ...],
+) -> None:
     _loss, stats, grad, adv = output
     ctx.mark_non_differentiable(stats, grad, adv)
     # Only the loss gets a gradient: without this, autograd materializes a zero [N, T] tensor
     # for the unused `grad` output on every backward (a 16 MB fill at 4096 x 1024 fp32).
     ctx.set_materialize_grads(False)
-    ctx.need_grad = bool(inputs[-1])
+    ctx.need_grad = bool(keyword_only_inputs["need_grad"])  # defaults filled in by torch
     ctx.save_for_backward(grad)
 
 
@@ -57,16 +63,17 @@ def _is_plain_cpu_tensor(x: torch.Tensor) -> bool:
 
 
 def _backward(ctx: Any, g_loss: torch.Tensor, *_unused: Any) -> tuple[Any, ...]:
+    """One gradient per positional input (keyword-only options get none)."""
     if not ctx.need_grad:
         raise RuntimeError("grpo_fwd was called with need_grad=False; cannot backpropagate")
     (grad,) = ctx.saved_tensors
     if g_loss is None:  # not materialized: nothing flows back from the loss
-        return (None,) * _NUM_INPUTS
+        return (None,) * _NUM_POSITIONAL
     if _is_plain_cpu_tensor(g_loss) and g_loss.item() == 1.0:
         g_logp = grad
     else:
         g_logp = grad * g_loss.to(grad.dtype)
-    return (None, None, g_logp) + (None,) * (_NUM_INPUTS - 3)
+    return (None, None, g_logp) + (None,) * (_NUM_POSITIONAL - 3)
 
 
 def register(ns: str) -> None:

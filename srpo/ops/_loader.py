@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-ABI_VERSION = 3  # csrc/grpo.h kGrpoAbiVersion
+ABI_VERSION = 4  # csrc/grpo.h kGrpoAbiVersion
 NUM_STATS = 13  # csrc/grpo.h kNumOut - 1 (the stats vector the op returns)
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 JIT_NAME = "srpo_ops_jit"
@@ -96,7 +96,7 @@ def jit_build(verbose: bool = False) -> str:
     from torch.utils.cpp_extension import load
 
     sources = [str(CSRC / "bindings.cpp"), str(CSRC / "grpo_cpu.cpp")]
-    cflags = ["-O3", "-pthread", "-DSRPO_OP_NAMESPACE=srpo_jit"]  # = setup.py
+    cflags = ["-O3", "-pthread", "-Wno-psabi", "-DSRPO_OP_NAMESPACE=srpo_jit"]  # = setup.py
     cuda_flags: list[str] = []
     if _cuda_toolkit():
         sources.append(str(CSRC / "grpo_cuda.cu"))
