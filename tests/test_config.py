@@ -165,7 +165,10 @@ def test_bad_dataset_record_is_located(tmp_path, good, capsys):
         tmp_path, good.replace(str(Path(good.split("path: ")[2].split("}")[0])), str(data)), capsys
     )
     assert code == 2
-    assert f"{data}:2: record field 'prompt' must be a non-empty string (missing)" in err
+    assert (
+        f"{data}:2: record field 'prompt' must be a non-empty string or a list of chat messages (missing)"
+        in err
+    )
 
 
 def test_run_refuses_missing_model_and_writes_nothing(tmp_path, good, capsys):

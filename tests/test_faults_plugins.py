@@ -87,8 +87,8 @@ def test_non_fatal_logger_failure_is_dropped(flaky, tmp_path, workdir, monkeypat
     path, out = config(tmp_path, loggers=[{"name": "jsonl"}, {"name": "flaky", "fatal": False}])
     monkeypatch.setenv("FLAKY_LOGGER_FAIL_AT", "1")
     assert main(["run", str(path)]) == 0
-    assert "logger FlakyLogger failed on StepEnd and is disabled: disk full" in (
-        capsys.readouterr().out
+    assert "srpo: warning: logger FlakyLogger failed on StepEnd and is disabled: disk full" in (
+        capsys.readouterr().err
     )
     ref_metrics, _ = reference(workdir)
     assert harness.first_difference(ref_metrics, harness.comparable(harness.metrics(out))) is None
