@@ -41,7 +41,12 @@ def _extensions() -> tuple[list, dict]:
         print("srpo: torch not importable at build time; skipping srpo._C", file=sys.stderr)
         return [], {}
 
-    sources = ["csrc/bindings.cpp", "csrc/grpo_cpu.cpp"]
+    sources = [
+        "csrc/bindings.cpp",
+        "csrc/grpo_cpu.cpp",
+        "csrc/linear_logprob_bindings.cpp",
+        "csrc/linear_logprob_cpu.cpp",
+    ]
     # No OpenMP: the CPU op runs on its own claim-based helper threads (csrc/grpo.h,
     # grpo_cpu_parallel) and picks AVX2/AVX-512 kernels at run time, so the default -march is
     # kept and the module runs on any CPU of the architecture.
@@ -53,7 +58,7 @@ def _extensions() -> tuple[list, dict]:
     if torch.version.cuda and nvcc_ok and _flag("SRPO_CUDA", "1"):
         ext = CUDAExtension(
             "srpo._C",
-            [*sources, "csrc/grpo_cuda.cu"],
+            [*sources, "csrc/grpo_cuda.cu", "csrc/linear_logprob_cuda.cu"],
             include_dirs=[str(ROOT / "csrc")],
             define_macros=[("SRPO_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},

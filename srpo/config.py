@@ -68,6 +68,11 @@ class PolicySection(_Strict):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in backward (transformers' own): less memory"
     )
+    fused_logprobs: bool = Field(
+        True,
+        description="log-probs and entropy from the fused linear op (hidden states x LM head, "
+        "chunked): no [N, T, V] logits; models whose head is not a plain Linear use eager",
+    )
     skip_zero_advantage: bool = Field(
         True,
         description="skip forward/backward of micro-batches whose groups all have zero "

@@ -120,13 +120,13 @@ class HFSampler(Sampler):
             temperature=1.0,  # applied by our processors below, in HF's order
             top_k=0,
             top_p=1.0,
+            return_dict_in_generate=True,
         )
         out = model.generate(
             input_ids=ids.to(device),
             attention_mask=att.to(device),
             generation_config=config,
             logits_processor=None if greedy else self._processors(recorder),
-            return_dict_in_generate=True,
         )
         resp = out.sequences[:, lp:].cpu()
         if resp.shape[1] == 0:

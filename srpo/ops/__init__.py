@@ -30,6 +30,7 @@ from srpo.algo import (
     validate_inputs,
 )
 from srpo.ops import _loader
+from srpo.ops.linear_logprob import linear_logprobs, linear_logprobs_reference
 
 __all__ = [
     "LossConfig",
@@ -37,6 +38,8 @@ __all__ = [
     "active_backend",
     "backend_info",
     "grpo_loss",
+    "linear_logprobs",
+    "linear_logprobs_reference",
     "op_options",
 ]
 

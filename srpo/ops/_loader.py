@@ -95,11 +95,19 @@ def jit_build(verbose: bool = False) -> str:
     """Compile csrc/ with torch.utils.cpp_extension.load; returns the library path."""
     from torch.utils.cpp_extension import load
 
-    sources = [str(CSRC / "bindings.cpp"), str(CSRC / "grpo_cpu.cpp")]
+    sources = [
+        str(CSRC / name)
+        for name in (
+            "bindings.cpp",
+            "grpo_cpu.cpp",
+            "linear_logprob_bindings.cpp",
+            "linear_logprob_cpu.cpp",
+        )
+    ]
     cflags = ["-O3", "-pthread", "-Wno-psabi", "-DSRPO_OP_NAMESPACE=srpo_jit"]  # = setup.py
     cuda_flags: list[str] = []
     if _cuda_toolkit():
-        sources.append(str(CSRC / "grpo_cuda.cu"))
+        sources += [str(CSRC / "grpo_cuda.cu"), str(CSRC / "linear_logprob_cuda.cu")]
         cflags.append("-DSRPO_WITH_CUDA")
         cuda_flags = ["-O3", "-DSRPO_OP_NAMESPACE=srpo_jit"]
     load(

@@ -20,9 +20,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from transformers.utils import logging as hf_logging
 
 from srpo.algo import ADVANTAGES, LossConfig, make_loss_fn
-from srpo.api import validate_override
+from srpo.api import validate_override, warn
 from srpo.config import AlgorithmSection, PolicySection
 from srpo.errors import PluginError, SrpoError
+from srpo.ops import linear_logprobs
 from srpo.types import RolloutBatch, Scores, left_pad
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -91,6 +92,37 @@ class _UpdateStats:
         return {k: v / self.weights[k] if k in self.weights else v for k, v in host.items()}
 
 
+def _eager_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The materializing path: [n, T, V] logits → log_softmax → gather."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+def _unfusable_head(model: Any) -> str | None:
+    """Why ``model``'s logits are not ``decoder(x) @ lm_head.weight.T`` (None: they are)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Linear):
+        return f"{type(model).__name__} has no Linear LM head"
+    if head.bias is not None:
+        return "the LM head has a bias"
+    if not hasattr(model, "get_decoder"):
+        return f"{type(model).__name__} has no get_decoder()"
+    cfg = model.config
+    for key in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        if getattr(cfg, key, None) not in (None, 1.0):
+            return f"the model scales its logits ({key}={getattr(cfg, key)})"
+    return None
+
+
 def _flat_micro_stats(m_host: torch.Tensor) -> dict[str, Any]:
     """The loss stats a micro-batch of zero-advantage groups would report, known without
     running it (loss and clip shares 0); approx_kl, entropy and the behaviour gap need the
@@ -150,6 +182,7 @@ class Policy:
             self.optimizer, lr_lambda(opt.schedule, opt.warmup_steps, optimizer_steps)
         )
         self.loss_fn = loss_fn if loss_fn is not None else make_loss_fn()
+        self._head_checked: dict[int, tuple[Any, torch.Tensor | None]] = {}
 
     def _load_reference(self) -> Any:
         if self.cfg.reference_path is not None:
@@ -222,21 +255,44 @@ class Policy:
         self, model: Any, batch: RolloutBatch, rows: torch.Tensor, with_entropy: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[n, T] log-probs of the response tokens under ``model`` at the batch's sampling
-        temperature (float32), and optionally the per-token entropy (detached)."""
+        temperature (float32), and optionally the per-token entropy (detached; 0 on pad)."""
         inp = self._inputs(batch, rows)
         lp = inp.pop("prompt_len")
         T = batch.response_ids.shape[1]
-        logits = model(**inp, use_cache=False).logits[:, lp - 1 : lp - 1 + T].float()
-        if batch.temperature != 1.0:
-            logits = logits / batch.temperature
-        logp_all = torch.log_softmax(logits, dim=-1)
-        targets = batch.response_ids[rows].to(self.device).unsqueeze(-1)
-        logp = logp_all.gather(-1, targets).squeeze(-1)
+        targets = batch.response_ids[rows].to(self.device)
+        head = self._fused_head(model)
+        if head is None:
+            logits = model(**inp, use_cache=False).logits[:, lp - 1 : lp - 1 + T].float()
+            return _eager_logprobs(logits, targets, batch.temperature, with_entropy)
+        hidden = model.get_decoder()(**inp, use_cache=False).last_hidden_state
+        hidden = hidden[:, lp - 1 : lp - 1 + T]
+        # only real response tokens go through the LM head: padding costs nothing
+        real = batch.response_mask[rows].to(self.device)
+        logp_real, ent_real = linear_logprobs(
+            hidden[real], head, targets[real], batch.temperature, with_entropy
+        )
+        logp = torch.zeros(real.shape, dtype=logp_real.dtype, device=self.device)
+        logp = logp.masked_scatter(real, logp_real)
         entropy = None
         if with_entropy:
-            with torch.no_grad():
-                entropy = -(logp_all.exp() * logp_all).sum(-1)
+            entropy = torch.zeros_like(logp).masked_scatter(real, ent_real.to(logp.dtype))
         return logp, entropy
+
+    def _fused_head(self, model: Any) -> torch.Tensor | None:
+        """The LM head's weight when log-probs can be fused (the head is a bias-free Linear
+        applied to the decoder's output, with no logit scaling or soft-capping); else None,
+        with one warning, and the eager path is used."""
+        if not self.cfg.fused_logprobs:
+            return None
+        cached = self._head_checked.get(id(model))
+        if cached is not None:
+            return cached[1]
+        why = _unfusable_head(model)
+        if why is not None:
+            warn(f"policy.fused_logprobs: {why}; computing log-probs from full logits")
+        weight = None if why is not None else model.get_output_embeddings().weight
+        self._head_checked[id(model)] = (model, weight)
+        return weight
 
     # -- the update ------------------------------------------------------------------------
 
