@@ -10,10 +10,10 @@ from srpo.config import AlgorithmSection, PolicySection
 from tests.support.tiny import TINY
 
 
-def _policy(**policy_options):
+def _policy(micro_batch_size: int = 4, **policy_options):
     from srpo.policy import Policy
 
-    cfg = PolicySection(path=TINY / "model", micro_batch_size=4, **policy_options)
+    cfg = PolicySection(path=TINY / "model", micro_batch_size=micro_batch_size, **policy_options)
     torch.manual_seed(0)
     return Policy(TINY / "model", cfg, AlgorithmSection(group_size=4), total_steps=4)
 
@@ -40,11 +40,18 @@ def _rollouts(policy, rewards: list[float]):
 REWARDS = [1, 1, 1, 1, 0, 1, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0]
 
 
-@pytest.mark.parametrize("mini_batches", [1, 2])
-def test_skipping_flat_micro_batches_is_bit_identical(mini_batches):
+@pytest.mark.parametrize(("mini_batches", "micro_batch_size"), [(1, 4), (2, 4), (1, 8)])
+def test_skipping_flat_micro_batches_is_bit_identical(mini_batches, micro_batch_size):
+    """Flat groups go to micro-batches of their own (also with 2 groups per micro-batch,
+    where groups 0 and 2 are flat but not neighbours), which are then not run."""
     results = []
     for skip in (True, False):
-        policy = _policy(skip_zero_advantage=skip, mini_batches=mini_batches, ppo_epochs=2)
+        policy = _policy(
+            micro_batch_size,
+            skip_zero_advantage=skip,
+            mini_batches=mini_batches,
+            ppo_epochs=2,
+        )
         batch, scores = _rollouts(policy, [float(r) for r in REWARDS])
         metrics = policy.update(batch, scores)
         weights = {k: v.clone() for k, v in policy.model.state_dict().items()}

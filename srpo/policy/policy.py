@@ -366,7 +366,12 @@ class Policy:
         zero gradient, is not run at all: its tokens still count in the shares, and the
         gradient (hence the step) is bit-identical to running it.
         """
-        micro = self._micro_batches(batch, groups)
+        flat = self._flat_groups(batch, scores, groups)
+        # informative groups first, flat ones in micro-batches of their own (skipped below
+        # when that is exact); the same order with or without skipping, so both give the
+        # same micro-batches and the same floating-point sums
+        micro = self._micro_batches(batch, [g for g in groups if g not in flat])
+        micro += self._micro_batches(batch, [g for g in groups if g in flat])
         seq_level = self.loss_config.aggregation != "token-mean"
         rows_all = torch.cat(micro)
         denom = float((mask[rows_all].any(1) if seq_level else mask[rows_all]).sum())
@@ -388,6 +393,17 @@ class Policy:
                 if p.requires_grad:
                     p.grad = torch.zeros_like(p)
         stats.add({"grad_norm": self._clip_and_step()}, 1.0)
+
+    def _flat_groups(self, batch: RolloutBatch, scores: Scores, groups: list[int]) -> set[int]:
+        """The groups whose advantages are all exactly 0 under the run's own estimator."""
+        rows = torch.cat([(batch.group == g).nonzero().flatten() for g in groups])
+        if rows.numel() == 0:
+            return set()
+        cfg = self.loss_config
+        adv = ADVANTAGES.get(cfg.advantage)(scores.reward[rows], batch.group[rows], cfg)
+        live = torch.zeros(len(batch.prompts), dtype=torch.bool)
+        live[batch.group[rows][adv.advantages != 0]] = True
+        return {g for g in groups if not live[g]}
 
     def _no_gradient(self, batch: RolloutBatch, scores: Scores, rows: torch.Tensor) -> bool:
         """Whether this micro-batch cannot change the weights: every advantage exactly 0
