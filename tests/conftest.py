@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import settings
 
 from tests.support.tiny import tiny_config
+
+# Property tests draw the same examples on every run by default, so CI is reproducible and a
+# red run means a change broke something, not that the search got lucky this time;
+# SRPO_HYPOTHESIS_PROFILE=explore searches fresh examples (run it when touching the kernels).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("SRPO_HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

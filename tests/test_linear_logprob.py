@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import srpo.ops as ops
@@ -26,6 +26,22 @@ from srpo.ops import linear_logprobs, linear_logprobs_reference
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
 F32, F64, BF16 = torch.float32, torch.float64, torch.bfloat16
 LOGP_TOL = {"rtol": 1e-5, "atol": 1e-6}
+F32_EPS = torch.finfo(F32).eps
+
+
+def logp_tol(hidden: torch.Tensor, weight: torch.Tensor, t: float) -> dict[str, float]:
+    """Forward tolerance float32 can honestly promise: logp = x_target - logsumexp(x) is a
+    difference of terms of size |x|, and a float32 x = h . w / T carries a rounding error
+    relative to sum_k |h_k w_k| / T (the matmul's own bound), not to the small result. An
+    absolute 1e-6 fails for logits of ~5 (one ulp is 4.8e-7), as CI found with v=1."""
+    scale = (
+        (hidden.double().abs() @ weight.double().abs().T).max().item() / t
+        if hidden.numel()
+        else 0.0
+    )
+    return {"rtol": LOGP_TOL["rtol"], "atol": max(LOGP_TOL["atol"], 8 * F32_EPS * scale)}
+
+
 GRAD_TOL = {"rtol": 1e-4, "atol": 1e-6}
 
 DEVICES = [
@@ -83,8 +99,9 @@ def check_parity(hidden, weight, targets, t: float, **chunks: int) -> None:
     ref_logp, ref_ent = eager(h64, w64, targets, t)
     acc = F64 if hidden.dtype == F64 else F32
     assert logp.dtype == acc and ent.dtype == acc and not ent.requires_grad
-    torch.testing.assert_close(logp.double(), ref_logp.detach(), **LOGP_TOL)
-    torch.testing.assert_close(ent.double(), ref_ent.detach(), **LOGP_TOL)
+    tol = logp_tol(hidden, weight, t) if hidden.dtype != F64 else LOGP_TOL
+    torch.testing.assert_close(logp.double(), ref_logp.detach(), **tol)
+    torch.testing.assert_close(ent.double(), ref_ent.detach(), **tol)
     if hidden.shape[0] == 0:
         return
     # A non-uniform upstream gradient, so per-token scaling is checked too.
@@ -204,6 +221,8 @@ def test_only_one_input_requires_grad() -> None:
     temperature=st.floats(0.3, 2.5),
     seed=st.integers(0, 2**16),
 )
+# CI's failure with an absolute 1e-6 tolerance: one logit of ~4.8, one float32 ulp is 4.8e-7.
+@example(n=29, h=1, v=1, chunk_n=0, chunk_v=0, temperature=0.375, seed=0)
 def test_random_shapes(
     n: int, h: int, v: int, chunk_n: int, chunk_v: int, temperature: float, seed: int
 ) -> None:
