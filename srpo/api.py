@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from srpo import events
 from srpo.algo.groups import group_has_signal
-from srpo.errors import PluginError, SrpoError, SrpoWarning, warn
+from srpo.errors import OptionError, PluginError, SrpoError, SrpoWarning, warn
 from srpo.events import Event
 from srpo.types import (
     Prompt,
@@ -102,6 +102,16 @@ class Plugin:
         self.options = options
         self.context = context
         self._run_file_options = options
+
+    @classmethod
+    def preflight(cls, options: BaseModel, base_dir: Path) -> None:
+        """Checks the schema cannot make — a file the options name exists and imports, an
+        optional package is installed — run by ``srpo validate`` and before a run builds
+        anything, so a bad setup fails in a second, not after the model loaded. ``base_dir``
+        is the run file's directory (relative paths in options are relative to it). Raise
+        ``OptionError(key, message)`` to point at an option (reported at its line of the run
+        file), or any ``SrpoError`` with its own location (e.g. ``rewards.py:12: ...``).
+        The default checks nothing."""
 
     def override(self, changes: Mapping[str, Any]) -> None:
         """Take a curriculum stage's option changes on top of the run file's options
@@ -233,6 +243,7 @@ __all__ = [
     "Event",
     "HistoryReader",
     "Logger",
+    "OptionError",
     "Plugin",
     "PluginContext",
     "PluginError",

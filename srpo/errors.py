@@ -58,6 +58,17 @@ class DataError(SrpoError):
     """A dataset problem, located as ``FILE:LINE: record ...: message``."""
 
 
+class OptionError(SrpoError):
+    """Raised by a plugin's ``preflight`` about one of its options (``key``: a dotted path
+    inside ``options``); the kernel re-raises it as a ``ConfigError`` at that key's line of the
+    run file. Exit code 2."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
 class PluginError(SrpoError):
     """A plugin failed while the run was running; the message names the plugin. Exit 1."""
 

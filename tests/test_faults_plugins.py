@@ -106,3 +106,27 @@ def test_verifier_raising_costs_rewards_not_the_run(flaky, tmp_path, monkeypatch
     rec = harness.history_records(out)
     flagged = (rec["flags"] & FLAG_VERIFIER_ERROR) != 0
     assert set(rec["step"][flagged].tolist()) == {1} and flagged.sum() == 32
+
+
+def test_preflight_errors_point_at_the_option_before_anything_runs(flaky, tmp_path, capsys):
+    """``Plugin.preflight`` runs at validation: an ``OptionError`` is reported at the option's
+    line of the run file (exit 2); a plugin's own bug there names the plugin, no traceback."""
+    path, out = config(tmp_path, loggers=[{"name": "picky", "options": {"needs": {"file": "x"}}}])
+    lines = path.read_text().splitlines()
+    line = next(i for i, x in enumerate(lines, 1) if x.strip().startswith("file:"))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"srpo: error: {path}:{line}: loggers.0.options.needs.file: "
+        "'x': no such file beside the run file"
+    )
+    assert main(["run", str(path)]) == 2 and not out.exists()
+    (tmp_path / "x").write_text("")
+    assert main(["validate", str(path)]) == 0
+    capsys.readouterr()
+
+    path, _ = config(tmp_path, loggers=[{"name": "buggy_preflight"}])
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("srpo: error: logger plugin 'buggy_preflight': preflight check failed")
+    assert "Traceback" not in err and len(err.splitlines()) == 1

@@ -25,7 +25,7 @@ from srpo.algo.loss import compiled_unsupported
 from srpo.api import Plugin, PluginContext
 from srpo.config import LoadedConfig, PluginSpec, RunConfig, format_validation_error, resolve_path
 from srpo.data import load_jsonl
-from srpo.errors import PluginError, PluginStartError, SrpoError
+from srpo.errors import OptionError, PluginError, PluginStartError, SrpoError
 from srpo.kernel.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -66,6 +66,17 @@ def _resolve(
         raise format_validation_error(
             err, cls.Options, loaded.file, loaded.lines, (*path, "options")
         ) from None
+    try:
+        cls.preflight(options, loaded.base_dir)
+    except OptionError as e:
+        keys = tuple(int(k) if k.isdigit() else k for k in e.key.split("."))
+        raise loaded.error((*path, "options", *keys), e.message) from None
+    except SrpoError:
+        raise
+    except Exception as e:  # a plugin's own bug in preflight: name the plugin, no traceback
+        raise PluginStartError(
+            f"{role} plugin {spec.name!r}: preflight check failed: {type(e).__name__}: {e}"
+        ) from e
     return cls, options
 
 

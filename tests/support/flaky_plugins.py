@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
 from srpo_plugins.samplers.hf import HFSampler
 from srpo_plugins.verifiers.math import MathVerifier
 
-from srpo.api import Logger
+from srpo.api import Logger, OptionError, PluginOptions
 
 
 def _at(name: str) -> int:
@@ -64,6 +65,33 @@ class BrokenInit(Logger):
         pass
 
 
+class PickyLogger(Logger):
+    """Its preflight wants ``options.needs.file`` to exist (relative to the run file)."""
+
+    class Options(PluginOptions):
+        needs: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def preflight(cls, options: Any, base_dir: Path) -> None:
+        name = options.needs.get("file", "")
+        if not (base_dir / name).is_file():
+            raise OptionError("needs.file", f"{name!r}: no such file beside the run file")
+
+    def on_event(self, event: Any) -> None:
+        pass
+
+
+class BuggyPreflight(Logger):
+    """A plugin bug in preflight (not a user error): reported with the plugin's name."""
+
+    @classmethod
+    def preflight(cls, options: Any, base_dir: Path) -> None:
+        raise KeyError("oops")
+
+    def on_event(self, event: Any) -> None:  # pragma: no cover
+        pass
+
+
 ENTRY_POINTS = """\
 [srpo.samplers]
 flaky = flaky_plugins:FlakySampler
@@ -72,6 +100,8 @@ flaky = flaky_plugins:FlakyVerifier
 [srpo.loggers]
 flaky = flaky_plugins:FlakyLogger
 broken_init = flaky_plugins:BrokenInit
+picky = flaky_plugins:PickyLogger
+buggy_preflight = flaky_plugins:BuggyPreflight
 broken_import = broken_import_mod:Whatever
 """
 
