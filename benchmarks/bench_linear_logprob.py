@@ -9,7 +9,10 @@ Each variant computes ``logp`` and the entropy at temperature 0.7 and backpropag
          ``-(lp.exp() * lp).sum(-1)`` under no_grad (it needs no gradient in either variant)
   fused  ``linear_logprobs(h, W, targets, t, with_entropy=True)`` (default 2048 x 4096 blocks)
 
-Method. Every measurement is a fresh child process (``--child VARIANT SHAPE``) that allocates
+On a GPU, ``python -m benchmarks.gpu`` runs both shapes in process through
+``measure_in_process`` (peak memory from ``torch.cuda.max_memory_allocated``).
+
+Method (CPU). Each measurement is a fresh process (``--child VARIANT SHAPE``) that allocates
 and touches the inputs, reads its resident set size (/proc/self/statm) as the baseline, runs the
 variant once, and reports wall time and ``ru_maxrss - baseline`` = the peak extra memory of
 forward + backward (the gradients h.grad and W.grad included: they are outputs both variants
@@ -26,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -43,11 +47,13 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _inputs(n: int, h: int, v: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _inputs(
+    n: int, h: int, v: int, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    hidden = torch.randn(n, h, generator=gen).requires_grad_()
-    weight = (torch.randn(v, h, generator=gen) * (3.0 / h**0.5)).requires_grad_()
-    return hidden, weight, torch.randint(0, v, (n,), generator=gen)
+    hidden = torch.randn(n, h, generator=gen).to(device).requires_grad_()
+    weight = (torch.randn(v, h, generator=gen) * (3.0 / h**0.5)).to(device).requires_grad_()
+    return hidden, weight, torch.randint(0, v, (n,), generator=gen).to(device)
 
 
 def _eager(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> None:
@@ -88,6 +94,58 @@ def _measure(variant: str, shape: str) -> dict:
     cmd = [sys.executable, __file__, "--child", variant, shape]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def gemm_flops(n: int, h: int, v: int) -> dict[str, float]:
+    """Executed GEMM FLOPs of forward + backward: eager 3 GEMMs (logits, grad hidden, grad
+    weight), fused 4 (backward recomputes the logits)."""
+    one = 2.0 * n * h * v
+    return {"eager": 3 * one, "fused": 4 * one}
+
+
+def measure_in_process(n: int, h: int, v: int, device: str = "cpu", reps: int = 3) -> dict:
+    """Both variants in this process on ``device``, alternating (eager, fused, ...) after one
+    warm-up each: best (min) and median synchronized wall time, and on CUDA the peak extra memory
+    of forward + backward (``torch.cuda.max_memory_allocated`` minus what was allocated before,
+    the gradients included: both variants must hold them). CPU memory is not measured in
+    process (see the module docstring for the subprocess method); its ``extra`` is None."""
+    cuda = torch.device(device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    hidden, weight, targets = _inputs(n, h, v, device)
+    variants = {"eager": _eager, "fused": _fused}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    extra: dict[str, int | None] = {k: None for k in variants}
+    for r in range(reps + 1):  # round 0 is the warm-up
+        for name, fn in variants.items():
+            hidden.grad = weight.grad = None
+            sync()
+            if cuda:
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            fn(hidden, weight, targets)
+            sync()
+            if r > 0:
+                times[name].append(time.perf_counter() - t0)
+            if cuda:
+                peak = torch.cuda.max_memory_allocated() - base
+                extra[name] = max(extra[name] or 0, peak)
+    flops = gemm_flops(n, h, v)
+    out: dict = {"n": n, "h": h, "v": v, "device": str(device), "reps": reps}
+    out["grads"] = hidden.grad.nbytes + weight.grad.nbytes
+    for name, ts in times.items():
+        best = min(ts)
+        out[name] = {
+            "min": best,
+            "median": statistics.median(ts),
+            "extra": extra[name],
+            "flops": flops[name],
+            "tflops": flops[name] / best / 1e12,
+        }
+    out["time_ratio"] = out["fused"]["min"] / out["eager"]["min"]
+    if cuda:
+        out["memory_ratio"] = out["fused"]["extra"] / out["eager"]["extra"]
+    return out
 
 
 def run_shape(shape: str, reps: int) -> None:
