@@ -78,6 +78,7 @@ class PluginContext:
     policy: PolicyHandle | None = None
     config: Mapping[str, Any] = field(default_factory=dict)  # the resolved run file
     num_workers: int = 1
+    base_dir: Path | None = None  # the run file's directory: relative paths in options
 
 
 def validate_override(options: BaseModel, changes: Mapping[str, Any], what: str) -> BaseModel:

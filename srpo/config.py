@@ -106,12 +106,25 @@ class AlgorithmSection(_Strict):
 
 
 class DatasetSpec(_Strict):
+    """One domain's prompts. ``format: auto`` goes by the path (``.jsonl``/``.json``,
+    ``.parquet``, a directory of Parquet files, a ``save_to_disk`` directory); keys may be
+    dotted paths into nested records, so verl's Parquet files are read as they are."""
+
     path: Path
-    format: Literal["jsonl"] = "jsonl"
+    format: Literal["auto", "jsonl", "parquet", "hf"] = "auto"
     prompt_key: str = "prompt"
     reference_key: str = "answer"
     id_key: str | None = "id"
     limit: int | None = Field(None, ge=1)
+
+    @field_validator("prompt_key", "reference_key", "id_key")
+    @classmethod
+    def _dotted_key(cls, v: str | None) -> str | None:
+        if v is not None and not all(part.strip() for part in v.split(".")):
+            raise ValueError(
+                f"{v!r} is not a key or a dotted path such as reward_model.ground_truth"
+            )
+        return v
 
 
 class EvalSection(_Strict):

@@ -24,7 +24,7 @@ from srpo.algo import registry as algo_registry
 from srpo.algo.loss import compiled_unsupported
 from srpo.api import Plugin, PluginContext
 from srpo.config import LoadedConfig, PluginSpec, RunConfig, format_validation_error, resolve_path
-from srpo.data import load_jsonl
+from srpo.data import load_dataset
 from srpo.errors import OptionError, PluginError, PluginStartError, SrpoError
 from srpo.kernel.checkpoint import (
     CheckpointError,
@@ -120,14 +120,17 @@ def plan(loaded: LoadedConfig) -> Plan:
 
 
 def load_datasets(loaded: LoadedConfig, eval_split: bool = False) -> dict[str, list[Prompt]]:
+    """Every domain's prompts (or held-out prompts), each file read and checked in full
+    (up to its limit) before anything runs; the format comes from ``DatasetSpec.format``."""
     cfg = loaded.config
     specs = cfg.eval.datasets if eval_split else cfg.datasets
     out = {}
     for domain, spec in specs.items():
         limit = cfg.eval.max_prompts if eval_split and cfg.eval.max_prompts else spec.limit
-        out[domain] = load_jsonl(
+        out[domain] = load_dataset(
             resolve_path(loaded, spec.path),
             domain,
+            format=spec.format,
             prompt_key=spec.prompt_key,
             reference_key=spec.reference_key,
             id_key=spec.id_key,
@@ -251,6 +254,7 @@ def build(
         policy=policy,
         config=config,
         num_workers=os.cpu_count() or 1,
+        base_dir=loaded.base_dir,
     )
     built: list[Plugin] = []
     history = None
