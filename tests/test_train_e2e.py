@@ -136,3 +136,25 @@ def test_stage_overrides_apply_at_the_switch(write_config, tmp_path, capsys):
     assert kernel.roles.sampler.options.temperature == 0.7
     assert seen == [1.0, 0.7]  # the trainer scores each batch at its sampling temperature
     assert kernel.policy.algo.clip_high == 0.3 and kernel.policy.loss_config.clip_high == 0.3
+
+
+def test_history_stores_the_response_tokens_when_asked(write_config, tmp_path, capsys):
+    """``history.store_tokens: true``: every record carries its response's token ids, as
+    many as its length, and they decode to text (this crashed the run before)."""
+    from transformers import AutoTokenizer
+
+    from srpo.history import HistoryReader
+
+    path = write_config(**{"run.max_steps": 2, "history.store_tokens": True})
+    assert main(["run", str(path)]) == 0, capsys.readouterr().err
+    import numpy as np
+
+    with HistoryReader(tmp_path / "run" / "history") as reader:
+        blocks = list(reader.iter_epoch(0, ["length", "token_count", "token_ids"]))
+    lengths = np.concatenate([b["length"] for b in blocks])
+    counts = np.concatenate([b["token_count"] for b in blocks])
+    ids = np.concatenate([b["token_ids"] for b in blocks])
+    assert len(lengths) == 2 * 8 * 8 and (lengths == counts).all() and counts.sum() > 0
+    assert len(ids) == counts.sum()
+    text = AutoTokenizer.from_pretrained(TINY / "model").decode(ids[: counts[0]].tolist())
+    assert isinstance(text, str) and text

@@ -8,7 +8,7 @@ domain_codes=...))``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,12 +26,14 @@ def rollout_columns(
     step: int,
     stage: int,
     domain_codes: Mapping[str, int],
-) -> dict[str, np.ndarray]:
+    with_tokens: bool = False,
+) -> dict[str, Any]:
     """The record columns (``RECORD_COLUMNS``, on-disk dtypes) of every rollout in ``batch``.
 
     ``scores`` are the batch's verdicts (row for row); ``domain_codes`` maps each prompt's
     domain to the code stored in ``domain`` (u8). ``flags`` marks truncated responses
-    (``FLAG_TRUNCATED``) and verifier errors (``FLAG_VERIFIER_ERROR``).
+    (``FLAG_TRUNCATED``) and verifier errors (``FLAG_VERIFIER_ERROR``). ``with_tokens`` (a
+    store opened with ``store_tokens``) adds ``tokens``: each response's ids, unpadded.
     """
     n = batch.num_rollouts
     group = batch.group.numpy()
@@ -41,7 +43,7 @@ def rollout_columns(
     flags = (batch.truncated.numpy().astype(np.uint8) * FLAG_TRUNCATED) | (
         error * FLAG_VERIFIER_ERROR
     )
-    return {
+    columns: dict[str, Any] = {
         "prompt_id": pid,
         "epoch": np.full(n, epoch, dtype=np.uint32),
         "step": np.full(n, step, dtype=np.uint32),
@@ -53,3 +55,7 @@ def rollout_columns(
         "flags": flags,
         "stage": np.full(n, stage, dtype=np.uint8),
     }
+    if with_tokens:
+        ids, lengths = batch.response_ids.numpy(), batch.lengths.tolist()
+        columns["tokens"] = [ids[i, :k] for i, k in enumerate(lengths)]
+    return columns

@@ -332,6 +332,7 @@ class Kernel(Checkpointing):
             step=self.counters.step,
             stage=self.roles.curriculum.stage,
             domain_codes={d: i for i, d in enumerate(self.s.domains)},
+            with_tokens=self.history.store_tokens,
         )
         self.history.append(**columns)
         fault_point("history_append")
