@@ -8,8 +8,8 @@ constructed as ``cls(options, context)``. Stateful plugins round-trip through
 
 This module is the whole plugin contract: everything a plugin may use — the role bases,
 the data types, the events, the errors and the warnings channel, ``PolicyHandle`` (what a
-sampler may use of the policy), ``left_pad`` and ``group_has_signal`` — is importable from
-here. Nothing in ``srpo.kernel`` is.
+sampler may use of the policy), ``left_pad``, ``group_has_signal`` and
+``render_report_plots`` (for trackers) — is importable from here. Nothing in ``srpo.kernel`` is.
 """
 
 from __future__ import annotations
@@ -236,6 +236,19 @@ ENTRY_POINT_GROUPS: dict[str, str] = {
     "logger": "srpo.loggers",
 }
 
+
+def render_report_plots(run_dir: Path, out_dir: Path) -> list[Path]:
+    """The ``srpo report`` figures of one run (its ``metrics.jsonl``) as PNG files in
+    ``out_dir``, for loggers that upload them. ImportError without matplotlib (the ``report``
+    extra); imported lazily so the contract does not load matplotlib."""
+    from srpo.report import load_run
+    from srpo.report.plots import write_plots
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [out_dir / p.file for p in write_plots([load_run(run_dir)], out_dir)]
+
+
 __all__ = [
     "ENTRY_POINT_GROUPS",
     "PLUGIN_API_VERSION",
@@ -263,6 +276,7 @@ __all__ = [
     "events",
     "group_has_signal",
     "left_pad",
+    "render_report_plots",
     "validate_override",
     "warn",
 ]

@@ -55,7 +55,8 @@ class ConfigError(SrpoError):
 
 
 class DataError(SrpoError):
-    """A dataset problem, located as ``FILE:LINE: record ...: message``."""
+    """A dataset problem, located as ``FILE:LINE: record ...: message`` (LINE: the JSONL line,
+    or the 1-based row of a Parquet file or a ``datasets`` directory)."""
 
 
 class OptionError(SrpoError):

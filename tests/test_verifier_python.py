@@ -257,3 +257,24 @@ def test_run_scores_the_tiny_math_task(write_config, tmp_path, capsys):
     assert step["verifier_errors"] == 0 and step["rollouts"] == 8
     assert 0 <= step["reward/mean"] <= 1 and step["reward_parts/boxed"] > 0
     assert rows[-1]["status"] == "completed"
+
+
+def test_the_readme_example_runs_as_written(tmp_path):
+    """README's "Bring your own ... reward" file and options, scored as a run would."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("# rewards.py (beside the run file)\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "rewards.py").write_text(code)
+    opts = PythonVerifier.Options.model_validate(
+        {"path": "rewards.py", "function": "score", "timeout_s": 5}
+    )
+    PythonVerifier.preflight(opts, tmp_path)
+    v = PythonVerifier(opts, PluginContext(run_dir=tmp_path / "run", seed=0, base_dir=tmp_path))
+    try:
+        got = score(v, "6*7 = \\boxed{42}", "\\boxed{41}", "42", reference="42")
+    finally:
+        v.close()
+    assert [(s.reward, s.correct, s.breakdown.get("format")) for s in got] == [
+        (1.0, True, 1.0),
+        (0.0, False, 1.0),
+        (0.0, False, 0.0),
+    ]

@@ -112,15 +112,16 @@ class HFSampler(Sampler):
         recorder = None if greedy else ChosenLogprobs()
         # Our own config, not the model's generation_config.json: its defaults (top_p,
         # repetition penalty, ...) would change the sampling distribution behind our back.
+        # Sampling knobs are off (our processors apply them); greedy decoding gets none at
+        # all, since transformers warns about sampling flags on a greedy config.
+        knobs = {} if greedy else {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
         config = GenerationConfig(
             max_new_tokens=self.options.max_new_tokens,
             do_sample=not greedy,
             pad_token_id=pad,
             eos_token_id=eos,
-            temperature=1.0,  # applied by our processors below, in HF's order
-            top_k=0,
-            top_p=1.0,
             return_dict_in_generate=True,
+            **knobs,
         )
         out = model.generate(
             input_ids=ids.to(device),
