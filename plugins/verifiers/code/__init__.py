@@ -28,6 +28,12 @@ sees. For stdin tests the trusted side compares the captured stdout. An early
 ``exit(0)``, printed "PASSED", patched ``assert``/builtins/harness, or a killed parent
 therefore fail. Isolation layers are described in ``sandbox``.
 
+Why it cannot be stalled: the trainer's process never decodes a returned value nor runs a
+test on one. Result frames are parsed under caps (bytes, count, nesting, integer digits);
+values are decoded (``values``) and tests judged (``worker``) in a separate judge process
+that is killed at the sample's deadline plus ``judge_grace_s`` (``judge_pool``). A hostile
+value therefore costs at most that budget and fails its test; it is never a verifier error.
+
 Reward: 1.0 when every test passes, else 0.0, or the pass fraction with
 ``partial_credit``. Breakdown: ``accuracy`` (all passed), ``pass_rate``, ``no_code``,
 ``timeout``. ``Score.error`` is set only for verifier-side problems (malformed reference,
@@ -51,18 +57,15 @@ from srpo.api import PluginContext, PluginError, PluginOptions, Prompt, Score, V
 
 from .extract import extract_code
 from .judge import (
-    HoleResult,
     ReferenceError_,
     Spec,
-    decode_result,
     hole_request,
-    io_passes,
     io_request,
     normalize_output,
     parse_reference,
     request_key,
-    run_assert_test,
 )
+from .judge_pool import JudgePool
 from .sandbox import Backend, Job, Limits, make_backend
 
 log = logging.getLogger(__name__)
@@ -109,6 +112,10 @@ class CodeVerifier(Verifier):
         )
         uid_base: int = Field(1_500_000_000, ge=1000, description="first sandbox uid (root)")
         max_rounds: int = Field(4, ge=1, description="rounds for holes needing test values")
+        judge_grace_s: float = Field(
+            2.0, ge=0, description="judging may run this long past total_timeout_s"
+        )
+        judge_memory_mb: int = Field(2048, ge=256, description="RLIMIT_AS of a judge process")
         max_code_chars: int = Field(200_000, ge=1)
         fail_fast: bool = Field(
             False, description="stop the run (PluginError) on the verifier's own errors"
@@ -142,6 +149,7 @@ class CodeVerifier(Verifier):
                 o.backend, self.limits, python, self.workers, o.uid_base, o.site_packages
             )
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="codev")
+        self._judge = JudgePool(o.judge_memory_mb << 20)
         self._specs: dict[str, Spec] = {}
         self.last_details: list[Outcome | None] = []
 
@@ -175,6 +183,7 @@ class CodeVerifier(Verifier):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._judge.close()
         self.backend.close()
 
     # ----------------------------------------------------------------- internals
@@ -264,11 +273,15 @@ class CodeVerifier(Verifier):
         self,
         code: str,
         reqs: list[dict[str, Any]],
-        results: dict[str, HoleResult],
+        results: dict[str, dict[str, Any]],
         deadline: float,
         out: Outcome,
     ) -> str | None:
-        """Evaluate ``reqs`` in as many sandboxes as crashes need; None or an init error."""
+        """Evaluate ``reqs`` in as many sandboxes as crashes need; None or an init error.
+
+        ``results`` gets each request's result frame as the sandbox sent it: values are
+        decoded only by the judge process.
+        """
         todo = list(reqs)
         while todo:
             if time.monotonic() >= deadline:
@@ -282,12 +295,13 @@ class CodeVerifier(Verifier):
                 out.timeout |= res.timed_out
                 return why
             if init.get("init") is not True:
-                return f"program failed at import: {init.get('error')}"[:500]
-            got: dict[int, HoleResult] = {}
+                err = init.get("error")
+                return f"program failed at import: {err if isinstance(err, str) else '?'}"[:500]
+            got: dict[int, dict[str, Any]] = {}
             for f in res.frames:
                 i = f.get("i")
-                if isinstance(i, int) and 0 <= i < len(todo) and i not in got:
-                    got[i] = decode_result(f)
+                if type(i) is int and 0 <= i < len(todo) and i not in got:
+                    got[i] = f
             k = 0
             while k in got:
                 results[request_key(todo[k])] = got[k]
@@ -299,34 +313,42 @@ class CodeVerifier(Verifier):
                 out.timeout = True
             elif res.output_exceeded:
                 why, etype = "output limit exceeded", "OutputLimit"
+            elif res.error:
+                why, etype = res.error[:300], "ProtocolError"
             else:
                 why, etype = f"process died (status {res.returncode})", "Crash"
-            results[request_key(todo[k])] = HoleResult(False, etype=etype, error=why)
+            results[request_key(todo[k])] = _failed(etype, why)
             todo = todo[k + 1 :]
         for r in todo:
-            results[request_key(r)] = HoleResult(False, etype="Timeout", error="total time")
+            results[request_key(r)] = _failed("Timeout", "total time")
             out.timeout = True
         return None
 
     def _run_calls(self, spec: Spec, code: str, deadline: float) -> Outcome:
+        """Function tests: values from the sandbox, verdicts from a bounded judge process."""
         out = Outcome([])
-        results: dict[str, HoleResult] = {}
+        results: dict[str, dict[str, Any]] = {}
+        judge_deadline = deadline + self.options.judge_grace_s
         if spec.kind == "io":
             assert spec.fn_name is not None
             reqs = [io_request(spec.fn_name, args) for args in spec.inputs]
             init_err = self._execute(code, reqs, results, deadline, out)
-            for req, want in zip(reqs, spec.outputs, strict=True):
-                r = results.get(request_key(req))
-                if init_err is not None:
-                    out.passed.append(False)
-                    out.reasons.append(init_err)
-                elif r is None or not r.ok:
-                    out.passed.append(False)
-                    out.reasons.append(f"{r.etype}: {r.error}" if r else "not run")
-                else:
-                    ok = io_passes(r.value, want)
-                    out.passed.append(ok)
-                    out.reasons.append(None if ok else "wrong answer")
+            n = len(reqs)
+            if init_err is not None:
+                out.passed, out.reasons = [False] * n, [init_err] * n
+                return out
+            cases = [
+                [results.get(request_key(r), _failed("NotRun", "not run")), want]
+                for r, want in zip(reqs, spec.outputs, strict=True)
+            ]
+            ans = self._judge.call({"op": "io", "cases": cases}, judge_deadline)
+            verdicts = _verdict_list(ans, n)
+            if verdicts is None:
+                out.timeout = True
+                verdicts = [(False, "judge time limit exceeded")] * n
+            for ok, why in verdicts:
+                out.passed.append(ok)
+                out.reasons.append(why)
             return out
         # assertion tests: static holes first, then rounds for holes needing test values
         first = {}
@@ -334,22 +356,68 @@ class CodeVerifier(Verifier):
             for src in t.static:
                 req = hole_request(src, {})
                 first[request_key(req)] = req
-        verdicts: list[tuple[bool | None, str | None]] = [(None, None)] * len(spec.tests)
+        names = [spec.fn_name] if spec.fn_name else []
+        decided: dict[int, tuple[bool, str | None]] = {}
         reqs = list(first.values())
-        init_err = None
+        init_err = judge_err = None
         for _ in range(self.options.max_rounds):
             if reqs:
                 init_err = self._execute(code, reqs, results, deadline, out)
                 if init_err is not None:
                     break
-            pending: dict[str, dict[str, Any]] = {}
-            for i, t in enumerate(spec.tests):
-                if verdicts[i][0] is None:
-                    verdicts[i] = run_assert_test(t, results, pending)
-            reqs = [r for k, r in pending.items() if k not in results]
+            tests = {str(i): t.source for i, t in enumerate(spec.tests) if i not in decided}
+            msg = {"op": "asserts", "names": names, "tests": tests, "results": results}
+            ans = self._judge.call(msg, judge_deadline)
+            round_ = _assert_round(ans, tests)
+            if round_ is None:
+                judge_err, out.timeout = "judge time limit exceeded", True
+                break
+            decided.update(round_[0])
+            reqs = [r for r in round_[1] if request_key(r) not in results]
             if not reqs:
                 break
-        for passed, why in verdicts:
-            out.passed.append(bool(passed))
-            out.reasons.append(init_err or why or (None if passed else "unresolved"))
+        for i in range(len(spec.tests)):
+            passed, why = decided.get(i, (False, None))
+            out.passed.append(passed)
+            out.reasons.append(init_err or why or judge_err or (None if passed else "unresolved"))
         return out
+
+
+def _failed(etype: str, error: str) -> dict[str, Any]:
+    """A result frame for a request the sandbox gave no value for."""
+    return {"ok": False, "etype": etype, "error": error}
+
+
+def _verdict(v: Any) -> tuple[bool, str | None] | None:
+    if isinstance(v, list) and len(v) == 2 and isinstance(v[0], bool):
+        return v[0], v[1] if isinstance(v[1], str) else None
+    return None
+
+
+def _verdict_list(ans: dict[str, Any] | None, n: int) -> list[tuple[bool, str | None]] | None:
+    """The judge's io verdicts, or None when it failed or answered out of shape."""
+    vs = ans.get("verdicts") if ans else None
+    if not isinstance(vs, list) or len(vs) != n:
+        return None
+    out = [_verdict(v) for v in vs]
+    return None if None in out else out  # type: ignore[return-value]
+
+
+def _assert_round(
+    ans: dict[str, Any] | None, tests: dict[str, str]
+) -> tuple[dict[int, tuple[bool, str | None]], list[dict[str, Any]]] | None:
+    """(decided tests, pending requests) of one judge round, or None when it failed."""
+    vs, pending = (ans.get("verdicts"), ans.get("pending")) if ans else (None, None)
+    if not isinstance(vs, dict) or not isinstance(pending, list):
+        return None
+    decided = {}
+    for k in tests:
+        v = vs.get(k)
+        if isinstance(v, list) and len(v) == 2 and v[0] is None:
+            continue  # still pending
+        got = _verdict(v)
+        if got is None:
+            return None
+        decided[int(k)] = got
+    reqs = [r for r in pending if isinstance(r, dict) and isinstance(r.get("src"), str)]
+    return decided, [r for r in reqs if "env" in r]

@@ -20,7 +20,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .harness import decode, encode
+from .harness import encode
+from .values import decode_value
 
 HOLE = "__srpo_hole__"
 _BUILTINS = frozenset(dir(builtins))
@@ -314,9 +315,12 @@ def run_assert_test(
 
 
 def decode_result(frame: dict[str, Any]) -> HoleResult:
+    """A result frame as the judge sees it; a value over a cap is a failed hole."""
     if frame.get("ok") is True:
         try:
-            return HoleResult(True, decode(frame.get("value")))
-        except (ValueError, TypeError, KeyError, RecursionError, AttributeError) as e:
+            return HoleResult(True, decode_value(frame.get("value")))
+        except (ValueError, TypeError) as e:
             return HoleResult(False, etype="Unencodable", error=f"bad value: {e}"[:300])
-    return HoleResult(False, etype=str(frame.get("etype")), error=str(frame.get("error"))[:2000])
+    etype, error = frame.get("etype"), frame.get("error")
+    etype = etype[:100] if isinstance(etype, str) else "Error"
+    return HoleResult(False, etype=etype, error=error[:2000] if isinstance(error, str) else "")

@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .sandbox import HARNESS_SRC, Backend, Job, Limits, RunResult
+from .sandbox.process import loads_bounded
 
 
 class RemoteBackend(Backend):
@@ -42,7 +43,7 @@ class RemoteBackend(Backend):
             method="POST",
         )
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read(self.limits.result_bytes + (1 << 20)))
+            return loads_bounded(resp.read(self.limits.result_bytes + (1 << 20)))
 
     def _run(self, job: Job, uid: int | None) -> RunResult:
         t0 = time.monotonic()
@@ -86,7 +87,7 @@ class RemoteBackend(Backend):
             for line in stdout.split("\n"):
                 if line.startswith(token):
                     try:
-                        fr = json.loads(line[len(token) :])
+                        fr = loads_bounded(line[len(token) :])
                     except ValueError:
                         continue
                     if isinstance(fr, dict):

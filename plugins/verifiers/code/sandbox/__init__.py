@@ -4,8 +4,8 @@ Layers (``bwrap`` backend, the default):
 
 1. a fresh process per run, in its own session, killed as a whole (SIGKILL to the process
    group of ``bwrap``; ``--die-with-parent`` and the PID namespace then take every
-   descendant with it, double-forked daemons included) at the wall-clock deadline
-   (``process``);
+   descendant with it, double-forked daemons included) at the wall-clock deadline; a run
+   returns only once its PID namespace is empty (``process``, ``reap``);
 2. namespaces: new PID, network (loopback only, no route out), IPC and UTS namespaces;
    the host file system is invisible except read-only ``/usr`` and the interpreter's
    prefix; the working directory is a fresh size-capped tmpfs; ``--clearenv`` plus an

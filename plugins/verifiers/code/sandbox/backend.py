@@ -56,7 +56,13 @@ class Backend:
         return struct.pack(">I", len(data)) + data
 
     def _execute(
-        self, argv: list[str], job: Job, uid: int | None, cwd: str | None, env: dict[str, str]
+        self,
+        argv: list[str],
+        job: Job,
+        uid: int | None,
+        cwd: str | None,
+        env: dict[str, str],
+        info_pipe: tuple[int, int] | None = None,
     ) -> RunResult:
         """Run the harness with ``argv`` (an interpreter command) for ``job``."""
         return run_harness(
@@ -66,4 +72,5 @@ class Backend:
             lambda: self.harness_message(job, uid),
             cwd,
             env,
+            info_pipe,
         )

@@ -93,7 +93,10 @@ class BwrapBackend(Backend):
         self.prefix = bwrap_argv(bwrap, limits, python, root=os.geteuid() == 0)
 
     def _run(self, job: Job, uid: int | None) -> RunResult:
-        return self._execute(self.prefix, job, uid, cwd="/", env={})
+        # --info-fd names the namespace's init: the run waits for it, so for all its members
+        info_r, info_w = os.pipe()
+        argv = [self.prefix[0], "--info-fd", str(info_w), *self.prefix[1:]]
+        return self._execute(argv, job, uid, cwd="/", env={}, info_pipe=(info_r, info_w))
 
 
 def probe_bwrap(limits: Limits, python: str, site: bool = True) -> str | None:

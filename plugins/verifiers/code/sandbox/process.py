@@ -4,7 +4,10 @@ The child gets the job message on one pipe and writes result frames on another (
 program's own stdout/stderr cannot be mistaken for results). The parent multiplexes all
 pipes with one selector, so a program that floods output, stops reading stdin or never
 answers is cut off at the output cap or the step/run deadline, and its whole process group
-is SIGKILLed in every case.
+is SIGKILLed in every case. Result frames are parsed under caps on total bytes, frame count,
+nesting and integer digits, so what a program writes there costs the trainer linear time.
+With ``info_fd`` (bubblewrap's ``--info-fd``) the run returns only once the sandbox's PID
+namespace is empty: its init is gone, and the kernel reaps a namespace's members first.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .job import Job, Limits, RunResult
+from .reap import SandboxInit
 
 #: The in-sandbox harness (``code/harness.py``), also embedded by the remote backend.
 HARNESS_SRC = (Path(__file__).parent.parent / "harness.py").read_text()
@@ -30,6 +34,7 @@ HARNESS_SRC_MAIN = HARNESS_SRC + "\nmain(int(sys.argv[1]), int(sys.argv[2]))\n"
 
 _CHUNK = 65536
 _MAX_FRAME_BYTES = 64 << 20
+_MAX_INT_DIGITS = 4300  # CPython's default int_max_str_digits; bigger ints travel as hex
 
 
 def run_harness(
@@ -39,11 +44,14 @@ def run_harness(
     message: Callable[[], bytes],
     cwd: str | None,
     env: dict[str, str],
+    info_pipe: tuple[int, int] | None = None,
 ) -> RunResult:
     """Start ``argv -c <harness> MSG_FD RES_FD`` and police it to the end.
 
     ``message`` is built once the child exists, so a uid task count taken for it includes
-    the child itself.
+    the child itself. ``info_pipe``: (read, write) ends of a pipe on which the child
+    reports ``{"child-pid": N}`` (bwrap's ``--info-fd``, given the write end); the run then
+    also waits for that process, hence its PID namespace, to be gone. Both ends are closed.
     """
     msg_r, msg_w = os.pipe()
     res_r, res_w = os.pipe()
@@ -54,22 +62,27 @@ def run_harness(
             stdin=subprocess.PIPE if job.mode == "stdin" else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            pass_fds=(msg_r, res_w),
+            pass_fds=(msg_r, res_w, *info_pipe[1:]) if info_pipe else (msg_r, res_w),
             cwd=cwd,
             env=env,
             start_new_session=True,
         )
     except OSError as e:
-        for fd in (msg_r, msg_w, res_r, res_w):
+        for fd in (msg_r, msg_w, res_r, res_w, *(info_pipe or ())):
             os.close(fd)
         return RunResult([], b"", b"", None, error=f"cannot start sandbox: {e}")
     os.close(msg_r)
     os.close(res_w)
+    if info_pipe:
+        os.close(info_pipe[1])
+    info = SandboxInit(info_pipe[0] if info_pipe else None)
     try:
-        return _Collector(proc, job, limits, message(), msg_w, res_r, t0).collect()
+        return _Collector(proc, job, limits, message(), msg_w, res_r, t0, info).collect()
     finally:
+        info.note()  # no "started" frame came: bwrap may still be alive to ask
         kill_group(proc)
-        for fd in (msg_w, res_r):
+        info.wait_gone()
+        for fd in (msg_w, res_r, *(info_pipe[:1] if info_pipe else ())):
             with contextlib.suppress(OSError):
                 os.close(fd)
         for f in (proc.stdin, proc.stdout, proc.stderr):
@@ -98,6 +111,7 @@ class _Collector:
         msg_w: int,
         res_r: int,
         t0: float,
+        info: SandboxInit,
     ) -> None:
         assert proc.stdout is not None and proc.stderr is not None
         self.proc, self.job, self.limits, self.t0 = proc, job, limits, t0
@@ -106,6 +120,9 @@ class _Collector:
         self.outs: dict[int, bytearray] = {self.stdout_fd: bytearray()}
         self.outs[self.stderr_fd] = bytearray()
         self.frame_buf = bytearray()
+        self.frame_bytes = 0  # all result bytes so far: the cap is per run, not per frame
+        self.max_frames = 2 * len(job.requests) + 4  # started, init, <= 2 per request
+        self.info = info
         self.result = RunResult([], b"", b"", None)
         self.step_deadline = t0 + job.startup_timeout_s
         self.writes: dict[int, memoryview] = {msg_w: memoryview(message)}
@@ -188,11 +205,17 @@ class _Collector:
 
     def _on_frames(self, chunk: bytes) -> None:
         self.frame_buf += chunk
-        if len(self.frame_buf) > self.limits.result_bytes:
+        self.frame_bytes += len(chunk)
+        if self.frame_bytes > self.limits.result_bytes:
             self.result.output_exceeded = True
             raise _Stop
         for fr in parse_frames(self.frame_buf):
+            if "started" in fr:
+                self.info.note()
             self.result.frames.append(fr)
+            if len(self.result.frames) > self.max_frames:
+                self.result.output_exceeded = True
+                raise _Stop
             self.step_deadline = time.monotonic() + self.job.step_timeout_s
 
     def _on_output(self, fd: int, chunk: bytes) -> None:
@@ -206,6 +229,21 @@ class _Collector:
                 raise _Stop
 
 
+def _bounded_int(digits: str) -> int:
+    """JSON integers as the default ``int_max_str_digits`` allows: str->int is quadratic."""
+    if len(digits) > _MAX_INT_DIGITS:
+        raise ValueError("integer literal too long")
+    return int(digits)
+
+
+def loads_bounded(data: bytes | str) -> Any:
+    """``json.loads`` in linear time; deep nesting is a ValueError, not a RecursionError."""
+    try:
+        return json.loads(data, parse_int=_bounded_int)
+    except RecursionError:
+        raise ValueError("frame nested too deeply") from None
+
+
 def parse_frames(buf: bytearray) -> list[dict[str, Any]]:
     """Complete frames at the head of ``buf`` (consumed); raises ValueError on garbage."""
     out = []
@@ -215,7 +253,7 @@ def parse_frames(buf: bytearray) -> list[dict[str, Any]]:
             raise ValueError("frame too large")
         if len(buf) < 4 + n:
             break
-        obj = json.loads(bytes(buf[4 : 4 + n]))
+        obj = loads_bounded(bytes(buf[4 : 4 + n]))
         del buf[: 4 + n]
         if not isinstance(obj, dict):
             raise ValueError("frame is not an object")
