@@ -60,7 +60,9 @@ class PolicySection(_Strict):
     micro_batch_size: int = Field(64, ge=1)
     mini_batches: int = Field(1, ge=1, description="optimizer steps per training batch")
     ppo_epochs: int = Field(1, ge=1)
-    chat_template: bool | None = None  # None: use the tokenizer's when it has one
+    # None: the tokenizer's when it has one; false: never; a string: this Jinja template
+    # (for a base model without one, or to replace the tokenizer's)
+    chat_template: bool | str | None = None
     system_prompt: str | None = Field(
         None, description="system message for prompts that have none (chat template only)"
     )

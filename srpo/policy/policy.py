@@ -160,10 +160,12 @@ class Policy:
             self.model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
+        if isinstance(cfg.chat_template, str):  # saved with every checkpoint's tokenizer
+            self.tokenizer.chat_template = cfg.chat_template
         self.use_chat_template = (
             bool(getattr(self.tokenizer, "chat_template", None))
             if cfg.chat_template is None
-            else cfg.chat_template
+            else bool(cfg.chat_template)
         )
         self._run_file_algo = algo
         self.algo = algo
