@@ -126,12 +126,22 @@ OPTIONS: dict[str, dict] = {
 }
 
 
+# each installed curriculum with the options above, and the step-level selection modes
+CASES = [
+    *[pytest.param(n, OPTIONS.get(n, {}), id=n) for n in ["uniform", *CURRICULA]],
+    pytest.param("history_resampling", {"selection": "step"}, id="history_resampling-step"),
+    pytest.param(
+        "two_stage", {**OPTIONS["two_stage"], "resampling": "selection"}, id="two_stage-selection"
+    ),
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["uniform", *CURRICULA])
-def test_slow_kill_and_resume_is_exact_for_every_curriculum(workdir, name):
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_slow_kill_and_resume_is_exact_for_every_curriculum(workdir, name, options):
     """Kill mid-epoch-2 and at an epoch end, for each installed curriculum (default options,
     3 epochs, so stage switches and history-driven epochs happen after a resume)."""
-    spec = {"name": name, "options": OPTIONS.get(name, {})}
+    spec = {"name": name, "options": options}
     cfg = harness.small_config(
         workdir / "unused", steps_per_epoch=4, **{"run.epochs": 3, "curriculum": spec}
     )
@@ -139,8 +149,10 @@ def test_slow_kill_and_resume_is_exact_for_every_curriculum(workdir, name):
         registry.get("curriculum", name).Options.model_validate(spec["options"])
     except Exception as e:  # needs options this generic test cannot guess
         pytest.skip(f"{name}: options do not validate: {e}")
-    harness.trial(workdir, cfg, fault="generate:7", name=f"cur-{name}-mid")
-    harness.trial(workdir, cfg, fault="epoch_end:2", name=f"cur-{name}-end")
+    tag = f"{name}-{'-'.join(map(str, options.values())) if options else 'default'}"[:60]
+    tag = "".join(c if c.isalnum() or c in "-_" else "_" for c in tag)
+    harness.trial(workdir, cfg, fault="generate:7", name=f"cur-{tag}-mid")
+    harness.trial(workdir, cfg, fault="epoch_end:2", name=f"cur-{tag}-end")
 
 
 @pytest.mark.slow

@@ -9,22 +9,56 @@ gradient), mixed and all-wrong ones are kept, and prompts with no rollouts in th
 otherwise gone for good, even if the policy later forgets them) and ``min_dataset_size``
 keeps the dataset from collapsing. The rules live in ``_common.ResamplingPool``, shared with
 ``two_stage``.
+
+``selection: step`` (not in the paper) replaces the epoch-end drop with a per-step draw: each
+step's prompts are sampled by each prompt's chance of giving a non-zero-variance group,
+from a Beta posterior on its pass rate (``_selection``; options under ``step``). An epoch
+then serves as many prompts as the pool holds, chosen by weight, and nothing is dropped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
-from pydantic import Field
+import torch
+from pydantic import Field, model_validator
 
-from srpo.api import Curriculum, HistoryReader, PluginContext, Prompt, StateDict, warn
+from srpo.api import (
+    Curriculum,
+    HistoryReader,
+    PluginContext,
+    Prompt,
+    RolloutBatch,
+    Scores,
+    StateDict,
+    warn,
+)
 
 from ._common import Cursor, ResamplingPool, ResamplingRules, check_domains
+from ._selection import PassRatePosterior, SelectingCursor, SelectionRules, informative_share
 
 
 class HistoryResamplingOptions(ResamplingRules):
     domains: list[str] | None = Field(None, description="domains to draw from (default: all)")
     shuffle: bool = True
+    selection: Literal["epoch", "step"] = Field(
+        "epoch",
+        description="epoch: the paper's rule (drop all-correct prompts at epoch ends); "
+        "step: draw each step's prompts by expected informativeness (see ``step``)",
+    )
+    step: SelectionRules = Field(
+        default_factory=SelectionRules, description="the per-step rule, for selection: step"
+    )
+
+    @model_validator(mode="after")
+    def _rules_match_selection(self) -> HistoryResamplingOptions:
+        hr = set(ResamplingRules.model_fields) & self.model_fields_set
+        if self.selection == "step" and hr:
+            raise ValueError(
+                f"{sorted(hr)[0]} applies to selection: epoch only (nothing is dropped)"
+            )
+        return self
 
 
 class HistoryResamplingCurriculum(Curriculum):
@@ -35,8 +69,15 @@ class HistoryResamplingCurriculum(Curriculum):
         domains = options.domains or sorted(context.datasets)
         check_domains(domains, context.datasets)
         prompts: list[Prompt] = [p for d in domains for p in context.datasets[d]]
-        self.pool = ResamplingPool(prompts, options, salt="hr")
-        self.cursor = Cursor()
+        self.by_step = options.selection == "step"
+        self.pool = ResamplingPool(prompts, None if self.by_step else options, salt="hr")
+        group_size = int(context.config.get("algorithm", {}).get("group_size", 8))
+        self.posterior = PassRatePosterior(options.step, group_size)
+        self.cursor: Cursor = Cursor()
+        if self.by_step:
+            self.cursor = SelectingCursor(
+                self.posterior, lambda i: self.pool.prompts[i].id, context.seed, "hr/step"
+            )
         self._warned_no_history = False
 
     def begin_epoch(self, epoch: int) -> None:
@@ -47,7 +88,17 @@ class HistoryResamplingCurriculum(Curriculum):
     def next_prompts(self, n: int) -> list[Prompt]:
         return [self.pool.prompts[i] for i in self.cursor.take(n)]
 
+    def accept_groups(self, batch: RolloutBatch, scores: Scores) -> torch.Tensor | None:
+        if self.by_step:
+            self.posterior.observe(batch, scores)  # learn from every group; train them all
+        return None
+
     def end_epoch(self, epoch: int, history: HistoryReader | None) -> Mapping[str, float]:
+        if self.by_step:
+            return {
+                "dataset_size": float(self.pool.size()),
+                "expected_informative": informative_share(self.posterior, self.pool.prompts),
+            }
         if history is None and not self._warned_no_history:
             self._warned_no_history = True
             warn(
@@ -61,8 +112,13 @@ class HistoryResamplingCurriculum(Curriculum):
         return self.pool.size()
 
     def state_dict(self) -> StateDict:
-        return {"cursor": self.cursor.state_dict(), "pool": self.pool.state_dict()}
+        state = {"cursor": self.cursor.state_dict(), "pool": self.pool.state_dict()}
+        if self.by_step:
+            state["posterior"] = self.posterior.state_dict()
+        return state
 
     def load_state_dict(self, state: StateDict) -> None:
         self.cursor.load_state_dict(state["cursor"])
         self.pool.load_state_dict(state["pool"])
+        if "posterior" in state:
+            self.posterior.load_state_dict(state["posterior"])

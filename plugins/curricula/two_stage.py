@@ -9,6 +9,10 @@ Semantics (chosen here, relied on by tests):
 * **Pools.** Each domain has one pool with its own HR state (``resampling: history``); a
   math prompt dropped in stage 0 stays dropped in stage 1 until HR re-admits it. HR rules
   are the ones of ``history_resampling`` (``_common.ResamplingPool``).
+* **Step selection.** ``resampling: selection`` drops nothing: each step's prompts are
+  drawn by expected informativeness from one pass-rate posterior over all domains
+  (``_selection``, options under ``selection``), within the stage's domains and, in
+  stage 1, within each domain's share of the batch. Epoch lengths are as above.
 * **Epochs.** The kernel's epoch counter runs on across stages (history is keyed by it and
   HR windows span the switch: stage-0 math outcomes are still evidence about math
   prompts). A stage-0 epoch is one pass over the active stage-0 pools (shuffled together).
@@ -33,6 +37,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import torch
 from pydantic import Field, model_validator
 
 from srpo.api import (
@@ -41,6 +46,8 @@ from srpo.api import (
     PluginContext,
     PluginOptions,
     Prompt,
+    RolloutBatch,
+    Scores,
     StateDict,
     warn,
 )
@@ -53,6 +60,7 @@ from ._common import (
     check_domains,
     seeded_rng,
 )
+from ._selection import PassRatePosterior, SelectingCursor, SelectionRules, informative_share
 
 
 class PlateauRule(PluginOptions):
@@ -89,9 +97,16 @@ class TwoStageOptions(PluginOptions):
         description="stage 1: share of each step batch per domain (normalized)",
     )
     switch: SwitchRule = Field(default_factory=lambda: SwitchRule(after_epochs=1))
-    resampling: Literal["history", "none"] = "history"
+    resampling: Literal["history", "none", "selection"] = Field(
+        "history",
+        description="history: the paper's HR at epoch ends; none; selection: draw each "
+        "step's prompts by expected informativeness (rules under ``selection``)",
+    )
     hr: ResamplingRules = Field(
         default_factory=ResamplingRules, description="HR rules inside each stage"
+    )
+    selection: SelectionRules = Field(
+        default_factory=SelectionRules, description="per-step rule, for resampling: selection"
     )
     shuffle: bool = True
     stage_overrides: dict[int, dict[str, Any]] = Field(
@@ -122,18 +137,34 @@ class TwoStageCurriculum(Curriculum):
         self.pools = {
             d: ResamplingPool(context.datasets[d], rules, salt=f"two_stage/{d}") for d in domains
         }
+        self.by_step = options.resampling == "selection"
+        group_size = int(context.config.get("algorithm", {}).get("group_size", 8))
+        self.posterior = PassRatePosterior(options.selection, group_size)
         self._stage = 0
         self.stage0_steps = 0
         self.stage0_epochs = 0
         self.pending: str | None = None  # why stage 0 ends, once a rule fired
         self.switch_epoch: int | None = None  # first epoch of stage 1
         self.values: list[float] = []  # the plateau metric, last 2*window stage-0 steps
-        self.cursor = Cursor()  # stage 0: indices into self.joint
+        self.cursor = self._cursor("stage0", self._joint_id)  # stage 0: indices into joint
         self.joint: list[tuple[str, int]] = []
         self.cursors: dict[str, Cursor] = {}  # stage 1: one per mixed domain
         self.credit: dict[str, float] = {}
         self.epoch = -1
         self._warned_empty: set[str] = set()
+
+    def _joint_id(self, j: int) -> int:
+        d, i = self.joint[j]
+        return self.pools[d].prompts[i].id
+
+    def _cursor(self, salt: str, key: Any) -> Cursor:
+        """A plain cursor, or a selecting one under ``resampling: selection``."""
+        if not self.by_step:
+            return Cursor()
+        return SelectingCursor(self.posterior, key, self.context.seed, f"two_stage/{salt}")
+
+    def _domain_cursor(self, d: str) -> Cursor:
+        return self._cursor(d, lambda i: self.pools[d].prompts[i].id)
 
     @property
     def stage(self) -> int:
@@ -170,7 +201,7 @@ class TwoStageCurriculum(Curriculum):
                         stacklevel=2,
                     )
                 continue
-            c = Cursor()
+            c = self._domain_cursor(d)
             c.start(epoch, order)
             self.cursors[d] = c
             self.credit[d] = 0.0
@@ -185,17 +216,23 @@ class TwoStageCurriculum(Curriculum):
         if not self.cursors or any(c.remaining == 0 for c in self.cursors.values()):
             return []
         total = sum(self.mix[d] for d in self.cursors)
-        out: list[Prompt] = []
+        plan: list[str] = []  # the domain of each slot, by smooth weighted round robin
         for _ in range(n):
             for d in self.cursors:
                 self.credit[d] += self.mix[d] / total
             d = max(self.cursors, key=lambda k: self.credit[k])  # ties: first in mix order
             self.credit[d] -= 1.0
-            got = self.cursors[d].take(1)
-            if not got:
+            if plan.count(d) >= self.cursors[d].remaining:
                 break  # this domain has served its pool: the epoch ends after this batch
-            out.append(self.pools[d].prompts[got[0]])
-        return out
+            plan.append(d)
+        # each domain's slots are taken at once (a selecting cursor draws them together)
+        got = {d: iter(self.cursors[d].take(plan.count(d))) for d in dict.fromkeys(plan)}
+        return [self.pools[d].prompts[next(got[d])] for d in plan]
+
+    def accept_groups(self, batch: RolloutBatch, scores: Scores) -> torch.Tensor | None:
+        if self.by_step:
+            self.posterior.observe(batch, scores)  # learn from every group; train them all
+        return None
 
     def observe(self, metrics: Mapping[str, float]) -> None:
         if self._stage != 0:
@@ -225,6 +262,9 @@ class TwoStageCurriculum(Curriculum):
         served = self.options.stage1_domains if self._stage == 0 else list(self.cursors)
         report: dict[str, float] = {"stage": float(self._stage)}
         totals = dict.fromkeys((*CATEGORIES, "dropped"), 0.0)
+        if self.by_step:
+            served_prompts = [p for d in served for p in self.pools[d].prompts]
+            report["expected_informative"] = informative_share(self.posterior, served_prompts)
         for d in served:
             part = self.pools[d].rebuild(self.context.seed, epoch, history)
             for k, v in part.items():
@@ -271,6 +311,7 @@ class TwoStageCurriculum(Curriculum):
             "cursors": {d: c.state_dict() for d, c in self.cursors.items()},
             "credit": dict(self.credit),
             "pools": {d: p.state_dict() for d, p in self.pools.items()},
+            **({"posterior": self.posterior.state_dict()} if self.by_step else {}),
         }
 
     def load_state_dict(self, state: StateDict) -> None:
@@ -285,9 +326,11 @@ class TwoStageCurriculum(Curriculum):
         self.cursor.load_state_dict(state["cursor"])
         self.cursors = {}
         for d, st in state["cursors"].items():
-            self.cursors[d] = Cursor()
+            self.cursors[d] = self._domain_cursor(d)
             self.cursors[d].load_state_dict(st)
         self.credit = {d: float(v) for d, v in state["credit"].items()}
         for d, st in state["pools"].items():
             if d in self.pools:
                 self.pools[d].load_state_dict(st)
+        if "posterior" in state:
+            self.posterior.load_state_dict(state["posterior"])
