@@ -142,7 +142,7 @@ def test_datasets_are_correct_and_disjoint():
         for r in train + test:
             a, b = r["a"], r["b"]
             assert r["answer"] == str(a + b if r["op"] == "+" else a - b)
-            assert f"{a} {r['op']} {b}" in r["prompt"] and "\\boxed{n}" in r["prompt"]
+            assert f"{a} {r['op']} {b}" in r["prompt"] and "\\boxed{r}" in r["prompt"]
         key = lambda r: (r["a"], r["op"], r["b"])  # noqa: E731
         assert len({key(r) for r in train}) == len(train)
         assert not {key(r) for r in train} & {key(r) for r in test}

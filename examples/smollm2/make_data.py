@@ -5,7 +5,7 @@
 Two domains of the same skill at two difficulties, so the SRPO two-stage curriculum has
 something to order: ``easy`` (one-digit numbers: ``a + b``, ``a - b`` with a >= b) and
 ``hard`` (a number from 10 to 29 plus or minus a one-digit number). Every prompt asks for the
-result as ``$\\boxed{n}$``. Train and test are disjoint (no problem appears in both
+result in ``\\boxed{}`` after the equation. Train and test are disjoint (no problem appears in both
 splits of a domain, nor twice in one split). Seeded: the committed files are this script's
 output.
 
@@ -21,8 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 INSTRUCTION = (
-    "Compute {a} {op} {b}. Write the equation with its result, then the result in LaTeX as "
-    "$\\boxed{{n}}$."
+    'Compute {a} {op} {b}. Reply in the form "{a} {op} {b} = r, so the answer is \\boxed{{r}}."'
 )
 
 
