@@ -8,7 +8,6 @@ takes over at once. The bound holds whatever sympy does.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
@@ -21,6 +20,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from .._session import kill_session
 
 #: What a worker runs: ``worker.py`` plus the call of its entry.
 WORKER_SRC = Path(__file__).with_name("worker.py").read_text() + "\nmain()\n"
@@ -96,16 +97,7 @@ class Worker:
 
     def kill(self) -> None:
         """Kill the worker's whole session (sympy may have started helpers) and reap it."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, 9)
-            except OSError:
-                self.proc.kill()
-        self.proc.wait()
-        for f in (self.proc.stdin, self.proc.stdout):
-            if f is not None:
-                with contextlib.suppress(OSError):
-                    f.close()
+        kill_session(self.proc)
 
 
 class Slot:

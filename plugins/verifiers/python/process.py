@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._session import kill_session
 from .runtime import frames
 from .runtime.invoke import Args
 
@@ -172,16 +173,7 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """Kill the worker's whole session (the function may have started processes)."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except OSError:
-                self.proc.kill()
-        self.proc.wait()
-        for f in (self.proc.stdin, self.proc.stdout):
-            if f is not None:
-                with contextlib.suppress(OSError):
-                    f.close()
+        kill_session(self.proc)
 
 
 class Slot:
