@@ -35,13 +35,14 @@ from ._plots import render_plots
 KINDS = ("step", "eval", "epoch")
 
 
-def require(package: str, extra: str, logger: str) -> None:
-    """For ``preflight``: one line naming the extra to install when ``package`` is missing,
-    at validation time rather than after the model loaded. Only looks, does not import."""
-    if importlib.util.find_spec(package) is None:
+def require(tracker: str) -> None:
+    """One line naming the extra to install when the tracker's package (and extra, both named
+    like the tracker) is missing, at validation time rather than after the model loaded.
+    Only looks, does not import."""
+    if importlib.util.find_spec(tracker) is None:
         raise SrpoError(
-            f"logger {logger!r} needs the {package} package, which is not installed: "
-            f"pip install 'srpo[{extra}]'"
+            f"logger {tracker!r} needs the {tracker} package, which is not installed: "
+            f"pip install 'srpo[{tracker}]'"
         )
 
 
@@ -124,6 +125,10 @@ class TrackerLogger(Logger):
     tracker: ClassVar[str] = ""
 
     options: TrackerOptions
+
+    @classmethod
+    def preflight(cls, options: Any, base_dir: Path) -> None:
+        require(cls.tracker)
 
     def __init__(self, options: TrackerOptions, context: PluginContext) -> None:
         super().__init__(options, context)

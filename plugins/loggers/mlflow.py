@@ -28,7 +28,7 @@ from pydantic import Field
 from srpo.api import PluginContext, warn
 from srpo.api import events as ev
 
-from ._tracker import Row, TrackerLogger, TrackerOptions, require, run_name
+from ._tracker import Row, TrackerLogger, TrackerOptions, run_name
 
 PREFIX = {"step": "", "eval": "eval.", "epoch": "epoch."}
 STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
@@ -84,10 +84,6 @@ class MlflowLogger(TrackerLogger):
         self.client: Any = None
         self.run_id = ""
         self.last = 0  # the latest step logged: where the run's summary goes
-
-    @classmethod
-    def preflight(cls, options: MlflowOptions, base_dir: Path) -> None:
-        require("mlflow", "mlflow", "mlflow")
 
     def start(self, event: ev.RunStart, resume_id: str | None) -> str:
         from mlflow.tracking import MlflowClient

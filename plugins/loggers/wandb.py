@@ -21,7 +21,7 @@ from pydantic import Field
 from srpo.api import PluginContext
 from srpo.api import events as ev
 
-from ._tracker import Row, TrackerLogger, TrackerOptions, require, run_name
+from ._tracker import Row, TrackerLogger, TrackerOptions, run_name
 
 PREFIX = {"step": "", "eval": "eval/", "epoch": "epoch/"}
 
@@ -49,10 +49,6 @@ class WandbLogger(TrackerLogger):
         super().__init__(options, context)
         self.run: Any = None
         self.at = 0  # the step wandb is at: it drops data logged at an earlier one
-
-    @classmethod
-    def preflight(cls, options: WandbOptions, base_dir: Path) -> None:
-        require("wandb", "wandb", "wandb")
 
     def start(self, event: ev.RunStart, resume_id: str | None) -> str:
         import wandb
