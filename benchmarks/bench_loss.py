@@ -53,8 +53,9 @@ T = int(os.environ.get("SRPO_BENCH_T", 1024))
 G = 16
 CFG = LossConfig(clip_low=0.2, clip_high=0.28)
 BYTES_PER_SEQ = 4 + 8 + 8  # read reward (float32) + group id (int64), write advantage (float64)
-#: the benchmarks of one size, fast ones first; "eager" and "reference" are the slow baselines
-OPS = ("floor", "copy", "fused", "reference", "eager")
+#: the benchmarks of one size, fast ones first; "eager" and "reference" are the slow baselines;
+#: "fused_weighted" is "fused" with rollout-correction weights (token_weight, icepop: +4 B/token)
+OPS = ("floor", "copy", "fused", "fused_weighted", "reference", "eager")
 BANDWIDTH_OPS = ("floor", "copy", "fused")  # the ones with a GB/s figure
 SLOW_OPS = ("reference", "eager")
 
@@ -163,6 +164,11 @@ def loss_step(name: str, inputs: dict) -> Callable[[], None]:
     """The callable of benchmark ``name`` (one of OPS) on ``inputs``."""
     if name == "fused":
         return _fwd_bwd(lambda **kw: ops.grpo_loss(**kw, cfg=CFG, backend="compiled"), inputs)
+    if name == "fused_weighted":
+        w = correction_weights_for(inputs)
+        return _fwd_bwd(
+            lambda **kw: ops.grpo_loss(**kw, cfg=CFG, backend="compiled", token_weight=w), inputs
+        )
     if name == "reference":
         return _fwd_bwd(lambda **kw: grpo_loss_reference(**kw, cfg=CFG), inputs)
     if name == "eager":
@@ -173,6 +179,21 @@ def loss_step(name: str, inputs: dict) -> Callable[[], None]:
         n, t = inputs["logp"].shape
         return copy_step(bytes_touched(n, t, inputs["logp"].dtype), inputs["logp"].device)
     raise ValueError(f"unknown loss benchmark {name!r}; one of {OPS}")
+
+
+def correction_weights_for(inputs: dict) -> torch.Tensor:
+    """IcePop weights (srpo.algo.rollout_correction) of a behaviour policy 0.1 * N(0, 1) away
+    from ``old_logp``: what the policy passes as ``token_weight`` (computed once, untimed)."""
+    from srpo.algo import RolloutCorrectionOptions, correction_weights
+
+    old = inputs["old_logp"]
+    gen = torch.Generator().manual_seed(1)
+    behaviour = old.cpu().float() + 0.1 * torch.randn(old.shape, generator=gen)
+    w, _ = correction_weights(
+        old, behaviour.to(old.device), inputs["mask"], RolloutCorrectionOptions(mode="icepop")
+    )
+    assert w is not None
+    return w
 
 
 def synchronizer(device: str | torch.device) -> Callable[[], None]:
@@ -220,6 +241,7 @@ def ratios(res: dict[str, dict[str, Any]]) -> dict[str, float]:
     pairs = {
         "fused_vs_floor": ("fused", "floor"),
         "fused_vs_copy": ("fused", "copy"),
+        "fused_weighted_vs_fused": ("fused_weighted", "fused"),
         "eager_vs_fused": ("eager", "fused"),
         "reference_vs_fused": ("reference", "fused"),
     }
@@ -331,6 +353,7 @@ def ratio_line(r: dict[str, Any]) -> str:
     for label, key in (
         ("fused ÷ floor", "fused_vs_floor"),
         ("fused ÷ copy", "fused_vs_copy"),
+        ("weighted ÷ fused", "fused_weighted_vs_fused"),
         ("eager ÷ fused", "eager_vs_fused"),
         ("reference ÷ fused", "reference_vs_fused"),
     ):
@@ -348,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--slow-reps", type=int, default=3, help="rounds of eager/reference")
     parser.add_argument("--no-in-cache", action="store_true", help="skip the in-cache cost")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="which to run")
     args = parser.parse_args(argv)
     if ops.active_backend() == "reference":
         raise SystemExit(f"bench_loss: no compiled loss op: {ops.backend_info()['errors']}")
@@ -358,7 +382,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     results = []
     for k in args.threads:
-        r = measure(args.n, args.t, threads=k, reps=args.reps, slow_reps=args.slow_reps)
+        r = measure(
+            args.n, args.t, threads=k, reps=args.reps, slow_reps=args.slow_reps, names=args.ops
+        )
         if not args.no_in_cache:
             r["fused_in_cache_ns_per_token"] = in_cache_ns_per_token(k)
         results.append(r)

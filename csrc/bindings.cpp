@@ -2,6 +2,10 @@
 // dispatch key (CPU; CUDA when built with it) sharing the argument checks, the allocation and
 // the packing of the outputs.
 //
+// token_weight (optional, [N, T] floating, detached): per-token rollout-correction weights that
+// multiply the surrogate (policy-gradient) term and its gradient, not the KL term; the
+// aggregation denominators are unchanged (srpo/algo/rollout_correction.py).
+//
 // The op returns the loss, the stats vector, the gradient d loss / d logp (computed in the same
 // pass, so backward is a scale) and the per-sequence advantages [N] (O(N), for logging/tests).
 // Autograd and the fake (meta) kernel are registered from Python (srpo/ops/_autograd.py).
@@ -72,7 +76,8 @@ void check_like_logp(const Tensor& x, const Tensor& logp, const char* name, bool
 
 void check_tensors(const Tensor& rewards, const Tensor& group_ids, const Tensor& logp,
                    const Tensor& old_logp, const Tensor& mask,
-                   const std::optional<Tensor>& ref_logp) {
+                   const std::optional<Tensor>& ref_logp,
+                   const std::optional<Tensor>& token_weight) {
   TORCH_CHECK_VALUE(logp.dim() == 2, "srpo::grpo_fwd: logp must be [N, T], got ", logp.sizes());
   const auto dt = logp.scalar_type();
   TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16,
@@ -83,6 +88,12 @@ void check_tensors(const Tensor& rewards, const Tensor& group_ids, const Tensor&
                     "srpo::grpo_fwd: mask must be bool or floating point, got ",
                     mask.scalar_type());
   if (ref_logp.has_value()) check_like_logp(*ref_logp, logp, "ref_logp", /*same_dtype=*/true);
+  if (token_weight.has_value()) {
+    check_like_logp(*token_weight, logp, "token_weight", /*same_dtype=*/false);
+    TORCH_CHECK_VALUE(at::isFloatingType(token_weight->scalar_type()),
+                      "srpo::grpo_fwd: token_weight must be floating point, got ",
+                      token_weight->scalar_type());
+  }
   const int64_t n = logp.size(0);
   TORCH_CHECK_VALUE(rewards.dim() == 1 && rewards.size(0) == n,
                     "srpo::grpo_fwd: rewards must be [N] with N = logp.shape[0] = ", n);
@@ -173,7 +184,7 @@ Tensor dense_group_ids_cpu(const Tensor& ids) {
 
 // Owns every tensor the kernels read or write; `args` points into them.
 struct Launch {
-  Tensor logp, old_logp, ref_logp, mask, rewards, gid;  // contiguous, kernel dtypes
+  Tensor logp, old_logp, ref_logp, mask, token_weight, rewards, gid;  // contiguous, kernel dtypes
   Tensor out, adv, grad, ws;
   GrpoArgs args;
 };
@@ -183,7 +194,7 @@ at::ScalarType acc_type(const Tensor& logp) {
 }
 
 GrpoArgs make_args(const Options& o, int64_t n, int64_t t, at::ScalarType dt, bool has_ref,
-                   bool mask_is_bool) {
+                   bool mask_is_bool, bool has_weight) {
   GrpoArgs a;
   a.n = n;
   a.t = t;
@@ -196,6 +207,7 @@ GrpoArgs make_args(const Options& o, int64_t n, int64_t t, at::ScalarType dt, bo
   a.clip_low = o.clip_low;
   a.clip_high = o.clip_high;
   a.has_dual_clip = o.dual_clip.has_value();
+  a.has_weight = has_weight;
   a.dual_clip = o.dual_clip.value_or(0.0);
   a.kl_coef = o.kl_coef;
   a.norm_constant = o.norm_constant.value_or(static_cast<double>(t));
@@ -212,6 +224,7 @@ void point_args_at(Launch& l) {
   a.old_logp = l.old_logp.const_data_ptr();
   a.ref_logp = l.ref_logp.defined() ? l.ref_logp.const_data_ptr() : nullptr;
   a.mask = l.mask.const_data_ptr();
+  a.token_weight = l.token_weight.defined() ? l.token_weight.const_data_ptr() : nullptr;
   a.grad = a.need_grad ? l.grad.mutable_data_ptr() : nullptr;
   a.adv = l.adv.mutable_data_ptr<double>();
   a.out = l.out.mutable_data_ptr<double>();
@@ -223,7 +236,8 @@ void point_args_at(Launch& l) {
 // fused pass.
 Launch prepare_launch(const Tensor& rewards, const Tensor& group_ids, const Tensor& logp,
                       const Tensor& old_logp, const Tensor& mask,
-                      const std::optional<Tensor>& ref_logp, const Options& o,
+                      const std::optional<Tensor>& ref_logp,
+                      const std::optional<Tensor>& token_weight, const Options& o,
                       Tensor (*dense_ids)(const Tensor&), int64_t (*parts)(int64_t, int64_t)) {
   const int64_t n = logp.size(0), t = logp.size(1);
   const bool has_ref = ref_logp.has_value();
@@ -234,6 +248,7 @@ Launch prepare_launch(const Tensor& rewards, const Tensor& group_ids, const Tens
   l.old_logp = old_logp.contiguous();
   if (has_ref) l.ref_logp = ref_logp->contiguous();
   l.mask = mask_is_bool ? mask.contiguous() : mask.to(acc_type(logp)).contiguous();
+  if (token_weight.has_value()) l.token_weight = token_weight->to(acc_type(logp)).contiguous();
   l.rewards = rewards.to(at::kDouble).contiguous();
   l.gid = n > 0 ? dense_ids(group_ids) : group_ids.to(at::kLong);
   l.out = at::zeros({kNumOut}, f64);  // stays 0 for an empty batch (no kernel runs)
@@ -242,7 +257,8 @@ Launch prepare_launch(const Tensor& rewards, const Tensor& group_ids, const Tens
                      logp.options());
   l.ws = at::empty({n > 0 ? grpo_workspace_doubles(n, parts(n, t)) : 0}, f64);
 
-  l.args = make_args(o, n, t, logp.scalar_type(), has_ref, mask_is_bool);
+  l.args = make_args(o, n, t, logp.scalar_type(), has_ref, mask_is_bool,
+                     token_weight.has_value());
   point_args_at(l);
   return l;
 }
@@ -285,17 +301,20 @@ Outputs finish(const Launch& l) {
 template <typename Kernels>
 Outputs grpo_fwd(const Tensor& rewards, const Tensor& group_ids, const Tensor& logp,
                  const Tensor& old_logp, const Tensor& mask,
-                 const std::optional<Tensor>& ref_logp, double clip_low, double clip_high,
+                 const std::optional<Tensor>& ref_logp,
+                 const std::optional<Tensor>& token_weight, double clip_low, double clip_high,
                  std::optional<double> dual_clip, double kl_coef, c10::string_view kl_estimator,
                  c10::string_view aggregation, std::optional<double> norm_constant,
                  bool std_normalize, double eps, double zero_var_tol, bool need_grad) {
   const std::optional<Tensor> ref =
       ref_logp.has_value() && ref_logp->defined() ? ref_logp : std::nullopt;
-  check_tensors(rewards, group_ids, logp, old_logp, mask, ref);
+  const std::optional<Tensor> weight =
+      token_weight.has_value() && token_weight->defined() ? token_weight : std::nullopt;
+  check_tensors(rewards, group_ids, logp, old_logp, mask, ref, weight);
   const Options o = parse_options(clip_low, clip_high, dual_clip, kl_coef, kl_estimator,
                                   aggregation, norm_constant, std_normalize, eps, zero_var_tol,
                                   need_grad);
-  const Launch l = prepare_launch(rewards, group_ids, logp, old_logp, mask, ref, o,
+  const Launch l = prepare_launch(rewards, group_ids, logp, old_logp, mask, ref, weight, o,
                                   Kernels::dense_ids, Kernels::parts);
   if (l.args.n > 0) Kernels::run(l.args, logp);
   return finish(l);
@@ -327,7 +346,7 @@ bool has_cuda_kernels() {
 SRPO_LIBRARY(SRPO_OP_NAMESPACE, m) {
   m.def(
       "grpo_fwd(Tensor rewards, Tensor group_ids, Tensor logp, Tensor old_logp, Tensor mask, "
-      "Tensor? ref_logp=None, *, float clip_low=0.2, float clip_high=0.2, "
+      "Tensor? ref_logp=None, Tensor? token_weight=None, *, float clip_low=0.2, float clip_high=0.2, "
       "float? dual_clip=None, float kl_coef=0.0, str kl_estimator=\"k3\", "
       "str aggregation=\"token-mean\", float? norm_constant=None, bool std_normalize=True, "
       "float eps=1e-06, float zero_var_tol=1e-06, bool need_grad=True) "

@@ -1,9 +1,10 @@
 // Fused GRPO-family loss: kernel declarations over raw pointers (no torch types).
 //
-// One op computes, from rewards [N], dense group ids [N], logp/old_logp/(ref_logp) [N,T] and a
-// mask [N,T]: group mean/std -> per-sequence advantage (never materialized as [N,T]) -> ratio,
-// clip low/high, optional dual clip, optional KL -> aggregated loss, the per-token gradient
-// d loss / d logp, and the stats. The math is documented in srpo/algo/grpo.py (the oracle);
+// One op computes, from rewards [N], dense group ids [N], logp/old_logp/(ref_logp) [N,T], a
+// mask [N,T] and optional detached per-token weights [N,T] (rollout correction: they multiply
+// the surrogate term, not the KL term): group mean/std -> per-sequence advantage (never
+// materialized as [N,T]) -> ratio, clip low/high, optional dual clip, optional weight,
+// optional KL -> aggregated loss, the per-token gradient d loss / d logp, and the stats. The math is documented in srpo/algo/grpo.py (the oracle);
 // grpo_math.h holds every formula, shared by the CPU and CUDA kernels.
 //
 // Work is split in four steps so the gradient can be written with its final scale in one pass
@@ -28,7 +29,7 @@ namespace srpo {
 
 // Bump when the op schema or the semantics change: srpo.ops refuses a stale prebuilt module
 // (srpo/ops/_loader.py ABI_VERSION).
-constexpr int64_t kGrpoAbiVersion = 4;
+constexpr int64_t kGrpoAbiVersion = 5;
 
 enum GrpoDType : int32_t { kF32 = 0, kF64 = 1, kBF16 = 2 };
 enum GrpoKL : int32_t { kKLNone = 0, kK1 = 1, kK2 = 2, kK3 = 3 };  // kKLNone: no ref_logp
@@ -50,6 +51,7 @@ enum GrpoOut : int32_t {
   kOutBadLogp,     // non-finite logp at mask != 0
   kOutBadOld,      // non-finite old_logp at mask != 0
   kOutBadRef,      // non-finite ref_logp at mask != 0
+  kOutBadWeight,   // non-finite token_weight at mask != 0
   kNumOut
 };
 
@@ -66,6 +68,7 @@ enum GrpoPart : int32_t {
   kPartBadLogp,
   kPartBadOld,
   kPartBadRef,
+  kPartBadWeight,
   kNumPart
 };
 
@@ -79,6 +82,7 @@ struct GrpoArgs {
   bool std_normalize = true;
   bool need_grad = true;
   bool has_dual_clip = false;
+  bool has_weight = false;  // token_weight given: the surrogate term is multiplied by it
   double clip_low = 0.2;
   double clip_high = 0.2;
   double dual_clip = 0.0;  // c > 1; used only when has_dual_clip
@@ -93,6 +97,7 @@ struct GrpoArgs {
   const void* old_logp = nullptr;
   const void* ref_logp = nullptr;  // may be null (kl == kKLNone)
   const void* mask = nullptr;  // [n, t] bool (1 byte) or acc-type weights
+  const void* token_weight = nullptr;  // [n, t] acc-type, or null (!has_weight)
   void* grad = nullptr;  // [n, t] d loss / d logp, dtype of logp (unused if !need_grad)
   double* adv = nullptr;  // [n] per-sequence advantage (output)
   double* out = nullptr;  // [kNumOut] loss + stats (output)

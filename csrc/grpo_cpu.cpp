@@ -48,7 +48,7 @@ namespace srpo {
 namespace {
 
 // float64 inputs: grpo_math.h's token math on scalars, libm exp (what gradcheck sees).
-template <typename M, int KL, bool G>
+template <typename M, int KL, bool G, bool TW>
 void fused_rows_f64(const GrpoArgs& a, int64_t row_begin, int64_t row_end) {
   const GrpoWorkspace w = grpo_workspace(a.ws, a.n);
   const int64_t t = a.t;
@@ -58,9 +58,10 @@ void fused_rows_f64(const GrpoArgs& a, int64_t row_begin, int64_t row_end) {
     const double* rp = KL != kKLNone ? static_cast<const double*>(a.ref_logp) + i * t : lp;
     const M* mk = static_cast<const M*>(a.mask) + i * t;
     double* gr = G ? static_cast<double*>(a.grad) + i * t : nullptr;
+    const double* wp = TW ? static_cast<const double*>(a.token_weight) + i * t : nullptr;
     const auto p = make_token_params<double>(a, a.adv[i], w.row_scale[i]);
     TokenSums<ScalarLanes<double>> s{};
-    for (int64_t j = 0; j < t; ++j) scalar_token<KL, G>(p, lp, op, rp, mk, gr, j, s);
+    for (int64_t j = 0; j < t; ++j) scalar_token<KL, G, TW>(p, lp, op, rp, mk, wp, gr, j, s);
     write_partial(w.part + i * kNumPart, s.v, w.row_scale[i]);
   }
 }
@@ -115,44 +116,50 @@ using RowsFn = void (*)(const GrpoArgs&, int64_t, int64_t);
 #endif
 }
 
-template <typename T, typename M, int KL, bool G>
+template <typename T, typename M, int KL, bool G, bool TW>
 RowsFn pick_isa() {
   if constexpr (std::is_same<T, double>::value) {
-    return &fused_rows_f64<M, KL, G>;
+    return &fused_rows_f64<M, KL, G, TW>;
   } else {
 #if defined(SRPO_X86_CLONES)
     const int level = isa_level();
-    if (level == 2) return &isa_avx512::fused_rows<T, M, KL, G>;
-    if (level == 1) return &isa_avx2::fused_rows<T, M, KL, G>;
+    if (level == 2) return &isa_avx512::fused_rows<T, M, KL, G, TW>;
+    if (level == 1) return &isa_avx2::fused_rows<T, M, KL, G, TW>;
 #endif
-    return &isa_base::fused_rows<T, M, KL, G>;
+    return &isa_base::fused_rows<T, M, KL, G, TW>;
   }
 }
 
+// Token weights are a separate instantiation (TW), so rows without them load nothing extra.
+template <typename T, typename M, int KL, bool G>
+RowsFn pick_weight(bool tw) {
+  return tw ? pick_isa<T, M, KL, G, true>() : pick_isa<T, M, KL, G, false>();
+}
+
 template <typename T, typename M, int KL>
-RowsFn pick_grad(bool g) {
-  return g ? pick_isa<T, M, KL, true>() : pick_isa<T, M, KL, false>();
+RowsFn pick_grad(bool g, bool tw) {
+  return g ? pick_weight<T, M, KL, true>(tw) : pick_weight<T, M, KL, false>(tw);
 }
 
 template <typename T, typename M>
-RowsFn pick_kl(int kl, bool g) {
+RowsFn pick_kl(int kl, bool g, bool tw) {
   switch (kl) {
     case kK1:
-      return pick_grad<T, M, kK1>(g);
+      return pick_grad<T, M, kK1>(g, tw);
     case kK2:
-      return pick_grad<T, M, kK2>(g);
+      return pick_grad<T, M, kK2>(g, tw);
     case kK3:
-      return pick_grad<T, M, kK3>(g);
+      return pick_grad<T, M, kK3>(g, tw);
     default:
-      return pick_grad<T, M, kKLNone>(g);
+      return pick_grad<T, M, kKLNone>(g, tw);
   }
 }
 
 template <typename T>
 RowsFn pick_mask(const GrpoArgs& a) {
   using Acc = typename AccOf<T>::type;
-  return a.mask_is_bool ? pick_kl<T, uint8_t>(a.kl, a.need_grad)
-                        : pick_kl<T, Acc>(a.kl, a.need_grad);
+  return a.mask_is_bool ? pick_kl<T, uint8_t>(a.kl, a.need_grad, a.has_weight)
+                        : pick_kl<T, Acc>(a.kl, a.need_grad, a.has_weight);
 }
 
 RowsFn pick_rows(const GrpoArgs& a) {

@@ -125,7 +125,7 @@ __global__ void prepare_kernel(GrpoArgs a) {
 
 // Blocks over (row, T-chunk): grpo_math.h's token_step per token (coalesced across the block),
 // the grad written once with its final scale, block partials of the sums.
-template <typename T, typename M, int KL, bool G>
+template <typename T, typename M, int KL, bool G, bool TW>
 __global__ void __launch_bounds__(kThreads) fused_kernel(GrpoArgs a, int64_t chunks) {
   using Acc = typename AccOf<T>::type;
   __shared__ Acc smem[32];
@@ -139,12 +139,13 @@ __global__ void __launch_bounds__(kThreads) fused_kernel(GrpoArgs a, int64_t chu
   const T* rp = KL != kKLNone ? static_cast<const T*>(a.ref_logp) + base : lp;
   const M* mk = static_cast<const M*>(a.mask) + base;
   T* gr = G ? static_cast<T*>(a.grad) + base : nullptr;
+  const Acc* wp = TW ? static_cast<const Acc*>(a.token_weight) + base : nullptr;
   const auto p = make_token_params<Acc>(a, a.adv[i], w.row_scale[i]);
   TokenSums<ScalarLanes<Acc>> s{};
 #pragma unroll
   for (int it = 0; it < kItems; ++it) {
     const int64_t j = j0 + it * kThreads + threadIdx.x;
-    if (j < a.t) scalar_token<KL, G>(p, lp, op, rp, mk, gr, j, s);
+    if (j < a.t) scalar_token<KL, G, TW>(p, lp, op, rp, mk, wp, gr, j, s);
   }
   double sums[kNumPart];
 #pragma unroll
@@ -166,13 +167,22 @@ __global__ void finalize_kernel(GrpoArgs a, int64_t parts) {
 
 int64_t chunks_per_row(int64_t t) { return (t + kChunk - 1) / kChunk; }
 
-template <typename T, typename M, int KL>
-void launch_fused_kl(const GrpoArgs& a, int64_t chunks, cudaStream_t st) {
+template <typename T, typename M, int KL, bool TW>
+void launch_fused_grad(const GrpoArgs& a, int64_t chunks, cudaStream_t st) {
   const unsigned blocks = static_cast<unsigned>(a.n * chunks);
   if (a.need_grad)
-    fused_kernel<T, M, KL, true><<<blocks, kThreads, 0, st>>>(a, chunks);
+    fused_kernel<T, M, KL, true, TW><<<blocks, kThreads, 0, st>>>(a, chunks);
   else
-    fused_kernel<T, M, KL, false><<<blocks, kThreads, 0, st>>>(a, chunks);
+    fused_kernel<T, M, KL, false, TW><<<blocks, kThreads, 0, st>>>(a, chunks);
+}
+
+// Token weights are a separate instantiation (TW), so kernels without them load nothing extra.
+template <typename T, typename M, int KL>
+void launch_fused_kl(const GrpoArgs& a, int64_t chunks, cudaStream_t st) {
+  if (a.has_weight)
+    launch_fused_grad<T, M, KL, true>(a, chunks, st);
+  else
+    launch_fused_grad<T, M, KL, false>(a, chunks, st);
 }
 
 template <typename T, typename M>

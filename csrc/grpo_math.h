@@ -11,7 +11,9 @@
 // arithmetic and bit operators, which scalars and GCC/Clang vector types share. The code is
 // branch-free (selects, not ifs), so CUDA warps do not diverge and SIMD lanes stay in step.
 // Masked-out positions are replaced by 0 *before* any arithmetic, so NaN/inf stored under
-// mask == 0 can never reach the loss or the gradient.
+// mask == 0 can never reach the loss or the gradient. Optional per-token weights (rollout
+// correction, `TW`) multiply the surrogate term; rows without them instantiate the code with
+// TW = false, which neither loads nor multiplies anything extra.
 //
 // The group statistics (step 2 of grpo.h) and the finalize step (4) are here too, as one
 // function per pass; the CPU runs a pass as a plain loop, the CUDA kernel as a block-strided
@@ -228,10 +230,12 @@ struct TokenResult {
   typename L::B clip_low, clip_high, dual;
 };
 
-// x, xo, xr: logp, old_logp, ref_logp already zeroed where the mask is 0.
-template <int KL, int S, typename L>
+// x, xo, xr: logp, old_logp, ref_logp already zeroed where the mask is 0. TW: the token has
+// a rollout-correction weight w (0 where the mask is 0) that multiplies the surrogate term and
+// its gradient (not the KL term); without TW, w is unused and never loaded.
+template <int KL, int S, bool TW, typename L>
 SRPO_HD TokenResult<L> grpo_token(const TokenParams<L>& p, typename L::V x, typename L::V xo,
-                                  typename L::V xr) {
+                                  typename L::V xr, typename L::V w) {
   using V = typename L::V;
   using B = typename L::B;
   TokenResult<L> o;
@@ -254,6 +258,14 @@ SRPO_HD TokenResult<L> grpo_token(const TokenParams<L>& p, typename L::V x, type
     pg = L::sel(dual, p.dual_bound, pg);
     g = L::sel(dual, V{}, g);
     o.dual = dual;
+  }
+  if constexpr (TW) {  // rollout correction: w * pg, w * d pg / d logp (w is detached)
+    // w == 1 selects the unweighted values (the same numbers: 1 * x == x), so the product is
+    // never fused with the KL term below into an FMA the unweighted path does not make: an
+    // all-ones weight is bit for bit no weight. NaN w fails the test and propagates.
+    const B one = L::ge(w, L::splat(1.0)) & L::ge(L::splat(1.0), w);
+    pg = L::sel(one, pg, w * pg);
+    g = L::sel(one, g, w * g);
   }
   o.clip_low = B{};
   o.clip_high = B{};
@@ -338,23 +350,24 @@ SRPO_HD typename L::V weighted_grad(typename L::V scale, typename L::V m, typena
   }
 }
 
-// Which sums token_step<KL, S> can change (the others stay 0).
-SRPO_HD constexpr bool token_sum_used(int KL, int S, int k) {
+// Which sums token_step<KL, S, TW> can change (the others stay 0).
+SRPO_HD constexpr bool token_sum_used(int KL, int S, int k, bool TW = false) {
   return k == kPartClipLow || k == kPartDual     ? S == kGeneric || S == kNeg
          : k == kPartClipHigh                    ? S == kGeneric || S == kPos
          : k == kPartKL                          ? KL != kKLNone
          : k == kPartBadLogp || k == kPartBadOld ? S == kGeneric
          : k == kPartBadRef                      ? S == kGeneric && KL != kKLNone
+         : k == kPartBadWeight                   ? S == kGeneric && TW
                                                  : true;  // loss, approx_kl
 }
 
-// One token (one token per lane for VecLanes): x0/o0/r0 as loaded (anything, NaN/inf
-// included, where the mask is 0), m its mask weight, on = (m != 0). Adds to the row sums and
-// returns d loss / d logp for the token, aggregation weight included.
-template <int KL, int S, bool kBoolMask, typename L>
+// One token (one token per lane for VecLanes): x0/o0/r0/w0 as loaded (anything, NaN/inf
+// included, where the mask is 0; w0 only with TW), m its mask weight, on = (m != 0). Adds to
+// the row sums and returns d loss / d logp for the token, aggregation weight included.
+template <int KL, int S, bool kBoolMask, bool TW, typename L>
 SRPO_HD typename L::V token_step(const TokenParams<L>& p, typename L::V m, typename L::B on,
                                  typename L::V x0, typename L::V o0, typename L::V r0,
-                                 TokenSums<L>& s) {
+                                 typename L::V w0, TokenSums<L>& s) {
   using V = typename L::V;
   // Non-finite inputs at mask != 0 (counts, unweighted).
   if constexpr (token_sum_used(KL, S, kPartBadLogp))
@@ -363,10 +376,13 @@ SRPO_HD typename L::V token_step(const TokenParams<L>& p, typename L::V m, typen
     s.v[kPartBadOld] = add_count<true, L>(s.v[kPartBadOld], m, on & L::not_finite(o0));
   if constexpr (token_sum_used(KL, S, kPartBadRef))
     s.v[kPartBadRef] = add_count<true, L>(s.v[kPartBadRef], m, on & L::not_finite(r0));
+  if constexpr (token_sum_used(KL, S, kPartBadWeight, TW))
+    s.v[kPartBadWeight] = add_count<true, L>(s.v[kPartBadWeight], m, on & L::not_finite(w0));
   const V x = L::sel(on, x0, V{});
   const V xo = L::sel(on, o0, V{});
   const V xr = KL != kKLNone ? L::sel(on, r0, V{}) : V{};
-  const TokenResult<L> res = grpo_token<KL, S, L>(p, x, xo, xr);
+  const V w = TW ? L::sel(on, w0, V{}) : V{};
+  const TokenResult<L> res = grpo_token<KL, S, TW, L>(p, x, xo, xr, w);
   s.v[kPartLoss] = add_weighted<kBoolMask, L>(s.v[kPartLoss], m, on, res.loss);
   if constexpr (token_sum_used(KL, S, kPartClipLow))
     s.v[kPartClipLow] = add_count<kBoolMask, L>(s.v[kPartClipLow], m, res.clip_low);
@@ -381,15 +397,19 @@ SRPO_HD typename L::V token_step(const TokenParams<L>& p, typename L::V m, typen
 }
 
 // token_step on element j of a row in memory, for the scalar paths (CPU float64, CUDA).
-template <int KL, bool G, typename T, typename M>
+// wp: the row's token weights (accumulation type), read only with TW.
+template <int KL, bool G, bool TW, typename T, typename M>
 SRPO_HD void scalar_token(const TokenParams<ScalarLanes<typename AccOf<T>::type>>& p,
-                          const T* lp, const T* op, const T* rp, const M* mk, T* gr, int64_t j,
+                          const T* lp, const T* op, const T* rp, const M* mk,
+                          const typename AccOf<T>::type* wp, T* gr, int64_t j,
                           TokenSums<ScalarLanes<typename AccOf<T>::type>>& s) {
   using Acc = typename AccOf<T>::type;
   const Acc m = mask_value<M, Acc>(mk[j]);
   const Acc r0 = KL != kKLNone ? load_acc(rp[j]) : Acc(0);
-  const Acc g = token_step<KL, kGeneric, IsBoolMask<M>::value, ScalarLanes<Acc>>(
-      p, m, m != Acc(0), load_acc(lp[j]), load_acc(op[j]), r0, s);
+  Acc w0 = Acc(0);
+  if constexpr (TW) w0 = wp[j];
+  const Acc g = token_step<KL, kGeneric, IsBoolMask<M>::value, TW, ScalarLanes<Acc>>(
+      p, m, m != Acc(0), load_acc(lp[j]), load_acc(op[j]), r0, w0, s);
   if constexpr (G) store_from(gr + j, g);
 }
 
@@ -501,6 +521,7 @@ SRPO_HD void finalize_outputs(const GrpoArgs& a, const GrpoWorkspace& w,
   a.out[kOutBadLogp] = tot[kPartBadLogp];
   a.out[kOutBadOld] = tot[kPartBadOld];
   a.out[kOutBadRef] = tot[kPartBadRef];
+  a.out[kOutBadWeight] = tot[kPartBadWeight];
 }
 
 }  // namespace srpo

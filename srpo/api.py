@@ -62,6 +62,12 @@ class PolicyHandle(Protocol):
     @property
     def device(self) -> torch.device: ...
 
+    @property
+    def model_dir(self) -> Path: ...  # the HF directory the policy was loaded from
+
+    @property
+    def dtype(self) -> str: ...  # the training dtype: "float32" or "bfloat16"
+
     def encode_prompt(self, prompt: str | Sequence[Mapping[str, str]]) -> list[int]:
         """Prompt token ids: text or chat messages, through the chat template if any."""
         ...
@@ -144,8 +150,14 @@ class Sampler(Plugin, ABC):
         The batch says the temperature it was sampled at (``RolloutBatch.temperature``; 0 for
         greedy): the trainer computes its log-probs at that temperature."""
 
-    def sync(self, policy: PolicyHandle) -> None:
-        """Make the sampler generate with the policy's current weights (after an update)."""
+    def sync(self, policy: PolicyHandle) -> Mapping[str, float] | None:
+        """Make the sampler generate with the policy's current weights: after every update,
+        and after a resume loaded a checkpoint's weights into the policy. A sampler that
+        shares the policy's model has nothing to do; one with its own copy (an inference
+        engine) pushes the weights and should check they arrived. Returns numbers for the
+        step's metrics (e.g. ``{"sync/probe_gap": ...}``; the kernel times the call as
+        ``time/sync``). Raise ``PluginError`` when the sync fails: the run stops."""
+        return None
 
 
 class Verifier(Plugin, ABC):

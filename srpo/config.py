@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from srpo.algo.dapo import OverlongOptions
+from srpo.algo.rollout_correction import RolloutCorrectionOptions
 from srpo.errors import ConfigError
 
 
@@ -105,6 +106,12 @@ class AlgorithmSection(_Strict):
     eps: float = Field(1e-6, gt=0)
     loss_backend: Literal["auto", "compiled", "reference"] = "auto"
     overlong: OverlongOptions = Field(default_factory=OverlongOptions)  # DAPO length shaping
+    rollout_correction: RolloutCorrectionOptions = Field(
+        default_factory=RolloutCorrectionOptions,
+        description="importance correction of the sampler/trainer log-prob mismatch: mode "
+        "none | token_tis | seq_tis | seq_mis | icepop, with low/high bounds "
+        "(srpo.algo.rollout_correction)",
+    )
 
 
 class DatasetSpec(_Strict):

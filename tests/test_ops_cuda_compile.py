@@ -50,6 +50,16 @@ def test_nvcc_compiles_standalone(arch: str, tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr[-4000:]
     assert obj.stat().st_size > 0
-    # Every fused-kernel instance (dtype x mask x KL x grad: 3 * 2 * 4 * 2) was compiled.
-    entries = [ln for ln in res.stderr.splitlines() if "Compiling entry function" in ln]
-    assert sum("fused_kernel" in ln for ln in entries) == 48, res.stderr[-4000:]
+    # Every fused-kernel instance (dtype x mask x KL x grad x token weight: 3 * 2 * 4 * 2 * 2)
+    # was compiled; the float32/bfloat16 ones (the fast path) spill no registers. (float64,
+    # the gradcheck path, may: sm_90 spills 24 bytes in the weighted k3 float-mask kernel.)
+    lines = res.stderr.splitlines()
+    entries = [ln for ln in lines if "Compiling entry function" in ln]
+    assert sum("fused_kernel" in ln for ln in entries) == 96, res.stderr[-4000:]
+    spills = []
+    for k, ln in enumerate(lines):
+        if "spill stores" in ln and " 0 bytes spill stores" not in ln:
+            kernel = next(x for x in reversed(lines[:k]) if "Function properties" in x)
+            if "fused_kernelId" not in kernel:  # not a float64 instance
+                spills.append((kernel, ln))
+    assert not spills, spills

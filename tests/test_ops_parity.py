@@ -23,6 +23,7 @@ from tests.support.ops import (
     F64,
     NASTY_CASES,
     OPTION_CASES,
+    WEIGHTED_CASES,
     OpCase,
     assert_matches_reference,
     case_params,
@@ -30,6 +31,7 @@ from tests.support.ops import (
     require_compiled,
     run,
     to_device,
+    with_weights,
 )
 
 
@@ -49,6 +51,83 @@ def test_nasty_cases(device: str, case: OpCase, dtype: torch.dtype) -> None:
 def test_every_option_combination(device: str, case: OpCase, dtype: torch.dtype) -> None:
     require_compiled(device)
     assert_matches_reference(case.build(dtype), case.cfg, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("case", "dtype"), case_params(WEIGHTED_CASES))
+def test_weighted_cases(device: str, case: OpCase, dtype: torch.dtype) -> None:
+    """Rollout-correction weights (every mode) on the nasty cases and part of the grid."""
+    require_compiled(device)
+    assert_matches_reference(case.build(dtype), case.cfg, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["token_tis", "seq_mis", "icepop"])
+@pytest.mark.parametrize("agg", AGGREGATIONS)
+def test_gradcheck_float64_weighted(device: str, mode: str, agg: str) -> None:
+    require_compiled(device)
+    batch = with_weights(make_batch(n=7, t=5, seed=13, dtype=F64), mode, seed=3)
+    batch["token_weight"] = batch["token_weight"].nan_to_num(0.0)  # gradcheck perturbs all
+    batch = to_device(batch, device)
+    batch.pop("logp")
+    cfg = LossConfig(dual_clip=3.0, kl_coef=0.1, aggregation=agg)
+    gen = torch.Generator().manual_seed(14)
+    noise = 0.25 * torch.randn(7, 5, generator=gen, dtype=F64)
+    logp = (batch["old_logp"] + noise.to(device)).requires_grad_()
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return ops.grpo_loss(logp=x, cfg=cfg, backend="compiled", **batch).loss
+
+    assert torch.autograd.gradcheck(f, (logp,), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, F64, torch.bfloat16])
+def test_unit_weight_is_no_weight_exactly(device: str, dtype: torch.dtype) -> None:
+    """All-ones weights give bit-for-bit the unweighted loss, gradient and stats."""
+    require_compiled(device)
+    cfg = LossConfig(kl_coef=0.05, dual_clip=3.0, clip_high=0.28)
+    for b in (make_batch(n=40, t=70, seed=3, dtype=dtype), make_batch(seed=8, dtype=dtype)):
+        ones = torch.ones(b["logp"].shape, dtype=F64 if dtype == F64 else torch.float32)
+        plain, g_plain = run(b, cfg, "compiled", device)
+        unit, g_unit = run({**b, "token_weight": ones}, cfg, "compiled", device)
+        assert torch.equal(plain.loss, unit.loss)
+        assert torch.equal(g_plain, g_unit)
+        for k in STAT_NAMES:
+            assert torch.equal(plain.stats[k], unit.stats[k]), k
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_weight_scales_only_the_surrogate(device: str) -> None:
+    """Zero weights leave exactly the KL term (and its gradient), with the same denominators."""
+    require_compiled(device)
+    b = make_batch(n=16, t=20, seed=7, dtype=F64)
+    cfg = LossConfig(kl_coef=0.1, kl_estimator="k3")
+    zero = torch.zeros(b["logp"].shape, dtype=F64)
+    out, grad = run({**b, "token_weight": zero}, cfg, "compiled", device)
+    on = b["mask"]
+    x = b["logp"]
+    d = b["ref_logp"] - x
+    k3 = torch.where(on, torch.exp(d) - d - 1.0, 0.0)
+    want = 0.1 * k3.sum() / on.sum()
+    torch.testing.assert_close(out.loss.cpu(), want, rtol=1e-12, atol=1e-14)
+    want_grad = torch.where(on, 0.1 * (1.0 - torch.exp(d)) / on.sum(), 0.0)
+    torch.testing.assert_close(grad.cpu(), want_grad, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nonfinite_weight_raises(device: str) -> None:
+    require_compiled(device)
+    b = make_batch(n=10, t=12, seed=9)
+    w = torch.ones(10, 12)
+    w[~b["mask"]] = float("nan")  # ignored
+    run({**b, "token_weight": w}, LossConfig(), "compiled", device)
+    i, j = b["mask"].nonzero()[0].tolist()
+    w[i, j] = float("inf")
+    with pytest.raises(ValueError, match=r"token_weight \(1\)"):
+        run({**b, "token_weight": w}, LossConfig(), "compiled", device)
+    with pytest.raises(ValueError, match="token_weight has 1 non-finite"):
+        run({**b, "token_weight": w}, LossConfig(), "reference", device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -77,6 +156,9 @@ def test_opcheck(device: str) -> None:
     kwargs = ops.op_options(LossConfig(clip_high=0.28, dual_clip=3.0, kl_coef=0.1))
     torch.library.opcheck(_op(), (*args, b["ref_logp"]), {**kwargs, "need_grad": True})
     torch.library.opcheck(_op(), args, {"aggregation": "seq-mean-token-sum-norm"})
+    w = torch.rand(b["logp"].shape, device=b["logp"].device) * 2
+    torch.library.opcheck(_op(), (*args, b["ref_logp"], w), {**kwargs, "need_grad": True})
+    torch.library.opcheck(_op(), (*args, None, w), {"clip_high": 0.28})
 
 
 def test_schema_defaults_are_loss_config_defaults() -> None:
@@ -291,7 +373,7 @@ def test_backend_info() -> None:
     assert info["backend"] in ("compiled-cpu", "compiled-cuda", "jit-cpu", "jit-cuda")
     ns = ops._loader.ensure_loaded()
     assert info["abi_version"] == int(getattr(torch.ops, ns).abi_version())
-    assert len(STAT_NAMES) + 4 == ops._loader.NUM_STATS
+    assert len(STAT_NAMES) + 5 == ops._loader.NUM_STATS  # + the non-finite counters
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ops.active_backend()  # loaded backend: no new warnings

@@ -27,6 +27,7 @@ from srpo.algo.registry import (
     register_kl,
     register_policy_loss,
 )
+from srpo.algo.rollout_correction import RolloutCorrectionOptions, correction_weights
 
 __all__ = [
     "ADVANTAGES",
@@ -41,7 +42,9 @@ __all__ = [
     "LossOutput",
     "OverlongOptions",
     "Registry",
+    "RolloutCorrectionOptions",
     "SurrogateOutput",
+    "correction_weights",
     "group_advantages",
     "group_has_signal",
     "grpo_loss_reference",

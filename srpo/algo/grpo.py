@@ -24,7 +24,9 @@ Notation (one batch of N rollouts, padded to T tokens; rollout i answers prompt 
 
       k1 = x - y        k2 = (x - y)^2 / 2        k3 = exp(y - x) - (y - x) - 1
 
-  per-token loss ``l = pg + kl_coef * k``.
+  per-token loss ``l = w pg + kl_coef * k``, where ``w`` is an optional detached per-token
+  weight (``token_weight``: rollout correction, ``srpo.algo.rollout_correction``; 1 when
+  absent). It scales the surrogate term only, never the KL term or the denominators below.
 
 * Aggregation over the mask m (bool, or float weights >= 0)::
 
@@ -58,7 +60,7 @@ has no clipping reports 0 for the clip fractions.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 import torch
@@ -73,6 +75,7 @@ from srpo.algo.registry import (
     register_kl,
     register_policy_loss,
 )
+from srpo.algo.rollout_correction import RolloutCorrectionOptions
 
 __all__ = [
     "AGGREGATIONS",
@@ -125,9 +128,20 @@ class LossConfig:
     std_normalize: bool = True  # GRPO (True) vs Dr.GRPO (False)
     eps: float = 1e-6
     zero_var_tol: float = 1e-6  # flat-group rule, relative to max(1, |mean|)
-    check_finite: bool = True  # raise on NaN/inf at mask != 0 (one host read of 4 counters)
+    check_finite: bool = True  # raise on NaN/inf at mask != 0 (one host read of 5 counters)
+    # importance correction of the behaviour/trainer mismatch: the policy turns it into the
+    # loss's token_weight (srpo.algo.rollout_correction.correction_weights)
+    rollout_correction: RolloutCorrectionOptions = field(default_factory=RolloutCorrectionOptions)
 
     def __post_init__(self) -> None:
+        if isinstance(self.rollout_correction, Mapping):
+            rc = RolloutCorrectionOptions(**self.rollout_correction)
+            object.__setattr__(self, "rollout_correction", rc)
+        if not isinstance(self.rollout_correction, RolloutCorrectionOptions):
+            raise ValueError(
+                "LossConfig.rollout_correction must be RolloutCorrectionOptions or a mapping, "
+                f"got {type(self.rollout_correction).__name__}"
+            )
         for name, registry in (
             ("advantage", ADVANTAGES),
             ("policy_loss", POLICY_LOSSES),
@@ -215,7 +229,7 @@ def _check_tensors(named: Mapping[str, torch.Tensor], logp: torch.Tensor) -> Non
 
 
 def _check_token_inputs(named: Mapping[str, torch.Tensor], logp: torch.Tensor) -> None:
-    for name in ("old_logp", "mask", "ref_logp"):
+    for name in ("old_logp", "mask", "ref_logp", "token_weight"):
         x = named.get(name)
         if x is not None and x.shape != logp.shape:
             raise ValueError(
@@ -230,6 +244,9 @@ def _check_token_inputs(named: Mapping[str, torch.Tensor], logp: torch.Tensor) -
     mask = named["mask"]
     if mask.dtype != torch.bool and not mask.dtype.is_floating_point:
         raise ValueError(f"mask must be bool or floating point, got {mask.dtype}")
+    weight = named.get("token_weight")
+    if weight is not None and not weight.dtype.is_floating_point:
+        raise ValueError(f"token_weight must be floating point, got {weight.dtype}")
 
 
 def _check_row_inputs(rewards: torch.Tensor, group_ids: torch.Tensor, n: int) -> None:
@@ -254,6 +271,7 @@ def validate_inputs(
     mask: torch.Tensor,
     ref_logp: torch.Tensor | None,
     cfg: LossConfig,
+    token_weight: torch.Tensor | None = None,
 ) -> None:
     """Metadata checks only (no host sync); errors name the offending argument."""
     if not isinstance(cfg, LossConfig):
@@ -262,6 +280,8 @@ def validate_inputs(
     named["mask"] = mask
     if ref_logp is not None:
         named["ref_logp"] = ref_logp
+    if token_weight is not None:
+        named["token_weight"] = token_weight
     _check_tensors(named, logp)
     _check_token_inputs(named, logp)
     _check_row_inputs(rewards, group_ids, logp.shape[0])
@@ -470,12 +490,15 @@ def _check_all_finite(
     old_logp: torch.Tensor,
     ref_logp: torch.Tensor | None,
     on: torch.Tensor,
+    token_weight: torch.Tensor | None = None,
 ) -> None:
     _check_finite("rewards", rewards)
     _check_finite("logp", logp.detach(), on)
     _check_finite("old_logp", old_logp, on)
     if ref_logp is not None:
         _check_finite("ref_logp", ref_logp, on)
+    if token_weight is not None:
+        _check_finite("token_weight", token_weight, on)
 
 
 @torch.no_grad()
@@ -516,19 +539,24 @@ def grpo_loss_reference(
     mask: torch.Tensor,
     ref_logp: torch.Tensor | None = None,
     cfg: LossConfig = LossConfig(),
+    token_weight: torch.Tensor | None = None,
 ) -> LossOutput:
     """The GRPO-family loss in plain torch ops, composed from the registered pieces named in
     ``cfg`` (see the module docstring for the math).
 
+    ``token_weight`` [N, T] (optional, detached) multiplies the per-token surrogate of any
+    registered policy loss before the KL term is added (rollout correction); the aggregation
+    and its denominators are unchanged. Values at mask == 0 are ignored.
+
     Computes in float64 for float64 ``logp`` and in float32 otherwise; the loss is returned in
     that dtype. Advantages are always computed in float64.
     """
-    validate_inputs(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg)
+    validate_inputs(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, token_weight)
     cdt = torch.float64 if logp.dtype == torch.float64 else torch.float32
     on = mask if mask.dtype == torch.bool else mask != 0
     m = mask.to(cdt)
     if cfg.check_finite:
-        _check_all_finite(rewards, logp, old_logp, ref_logp, on)
+        _check_all_finite(rewards, logp, old_logp, ref_logp, on, token_weight)
 
     adv = ADVANTAGES.get(cfg.advantage)(rewards, group_ids, cfg)
     zero = torch.zeros((), dtype=cdt, device=logp.device)
@@ -537,6 +565,8 @@ def grpo_loss_reference(
     a = adv.advantages.to(cdt)[:, None]  # [N, 1]: broadcast, never expanded
     surrogate = POLICY_LOSSES.get(cfg.policy_loss)(x, xo, a, cfg)
     per_token, kl = surrogate.per_token, None
+    if token_weight is not None:
+        per_token = per_token * torch.where(on, token_weight.detach().to(cdt), zero)
     if ref_logp is not None:
         xr = torch.where(on, ref_logp.detach().to(cdt), zero)
         kl = KL_PENALTIES.get(cfg.kl_estimator)(x, xr)

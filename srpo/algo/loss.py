@@ -12,7 +12,8 @@ from srpo.algo.grpo import LossConfig, LossOutput, grpo_loss_reference
 BACKENDS = ("auto", "compiled", "reference")
 
 
-#: What the policy calls: ``(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg=...)``.
+#: What the policy calls: ``(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg=...,
+#: token_weight=...)`` (``token_weight``: the rollout-correction weights, or None).
 LossFn = Callable[..., LossOutput]
 
 
@@ -31,14 +32,27 @@ def make_loss_fn(backend: str = "auto") -> LossFn:
         mask: torch.Tensor,
         ref_logp: torch.Tensor | None = None,
         cfg: LossConfig = LossConfig(),  # noqa: B008 (frozen dataclass: immutable default)
+        token_weight: torch.Tensor | None = None,
     ) -> LossOutput:
         if backend == "reference" or not cfg.fused:
             if backend == "compiled":
                 raise ValueError(compiled_unsupported(cfg))
-            return grpo_loss_reference(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg)
+            return grpo_loss_reference(
+                rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, token_weight
+            )
         from srpo.ops import grpo_loss  # lazy: srpo.ops imports srpo.algo
 
-        return grpo_loss(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, backend=backend)
+        return grpo_loss(
+            rewards,
+            group_ids,
+            logp,
+            old_logp,
+            mask,
+            ref_logp,
+            cfg,
+            backend=backend,
+            token_weight=token_weight,
+        )
 
     return loss
 

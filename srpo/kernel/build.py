@@ -36,7 +36,7 @@ from srpo.kernel.checkpoint import (
     set_rng_state,
 )
 from srpo.kernel.loop import Kernel, KernelSettings
-from srpo.kernel.roles import Roles, close_plugins
+from srpo.kernel.roles import Roles, close_plugins, sync_sampler
 from srpo.types import Prompt
 
 RUN_MARKER = "srpo-run.json"
@@ -373,6 +373,7 @@ def _restore(kernel: Kernel, ckpt: Path, state: dict[str, Any], history: Any) ->
     gone = kernel.checkpoints.discard_after(step) if kernel.checkpoints is not None else []
     dropped = _rewind_history(history, state.get("history"), ckpt)
     load_weights(kernel.policy.model, ckpt / "model")
+    sync_sampler(kernel.roles.sampler, kernel.policy)  # an engine with its own copy reloads
     kernel.policy.load_state_dict(state["policy"])
     kernel.load_state_dict(state["kernel"])
     if kernel.checkpoints is not None:

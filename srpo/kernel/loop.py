@@ -28,7 +28,7 @@ from srpo.errors import PluginError
 from srpo.kernel.checkpoint import CheckpointManager
 from srpo.kernel.checkpointing import Checkpointing, Counters
 from srpo.kernel.metrics import rollout_metrics
-from srpo.kernel.roles import EventDispatch, Roles
+from srpo.kernel.roles import EventDispatch, Roles, sync_sampler
 from srpo.kernel.signals import fault_point
 from srpo.kernel.verify import evaluate_sets, verify_batch
 
@@ -242,7 +242,7 @@ class Kernel(Checkpointing):
         self._phase = "clean"
         fault_point("step_start")
         t_start = time.perf_counter()
-        timing = {"generate": 0.0, "verify": 0.0, "update": 0.0, "history": 0.0}
+        timing = {"generate": 0.0, "verify": 0.0, "update": 0.0, "sync": 0.0, "history": 0.0}
         got = self._gather_rollouts(timing)
         if got is None:
             self._phase = "complete"
@@ -311,11 +311,13 @@ class Kernel(Checkpointing):
         self._phase = "dirty"
         loss_mask = algo.loss_mask(self.policy.algo.overlong, batch)
         update_metrics = self.policy.update(batch, scores, loss_mask=loss_mask)
-        self.roles.sampler.sync(self.policy)
         timing["update"] += time.perf_counter() - t
+        t = time.perf_counter()
+        sync_metrics = sync_sampler(self.roles.sampler, self.policy)
+        timing["sync"] += time.perf_counter() - t
         fault_point("update")
         self.emit(ev.UpdateDone(self.counters.step, update_metrics))
-        return update_metrics
+        return {**update_metrics, **sync_metrics}
 
     def _record_history(
         self, batch: RolloutBatch, scores: Scores, timing: dict[str, float]

@@ -3,11 +3,21 @@ once: deliver events to the loggers, and close everything at the end."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from srpo.api import Curriculum, Event, Logger, Plugin, PluginError, Sampler, Verifier, warn
+from srpo.api import (
+    Curriculum,
+    Event,
+    Logger,
+    Plugin,
+    PluginError,
+    PolicyHandle,
+    Sampler,
+    Verifier,
+    warn,
+)
 
 
 @dataclass
@@ -20,6 +30,23 @@ class Roles:
 
     def all(self) -> list[Plugin]:
         return [self.sampler, *self.verifiers.values(), self.curriculum, *self.loggers]
+
+
+def sync_sampler(sampler: Sampler, policy: PolicyHandle) -> dict[str, float]:
+    """Bring the sampler to the policy's current weights; the numbers it reports.
+
+    A sampler that cannot sync (a timeout, a failed probe) stops the run: generating from
+    stale weights would train on the wrong behaviour policy without a trace. Its own
+    ``PluginError`` keeps its message; anything else is named after the sampler.
+    """
+    try:
+        got: Mapping[str, float] | None = sampler.sync(policy)
+    except PluginError:
+        raise
+    except Exception as e:
+        name = type(sampler).__name__
+        raise PluginError(f"sampler {name} failed to sync: {type(e).__name__}: {e}") from e
+    return {k: float(v) for k, v in (got or {}).items()}
 
 
 class EventDispatch:

@@ -4,10 +4,13 @@
 as one pass over [N, T]: the per-sequence advantage is computed in the op (segmented mean/std
 over groups) and broadcast in registers, the gradient is written in the same pass, and the
 stats come back as tensors. The op itself never waits for the device; ``grpo_loss`` adds one
-host read of 4 counters when ``cfg.check_finite`` (the default) and none otherwise.
+host read of 5 counters when ``cfg.check_finite`` (the default) and none otherwise.
+``token_weight`` (optional, [N, T], detached; rollout correction) multiplies the surrogate term
+inside the same pass; without it the op runs the unweighted kernels (no extra loads).
 
 The op is ``torch.ops.<ns>.grpo_fwd`` (``<ns>``: ``srpo``, or ``srpo_jit`` for the JIT build),
-registered per dispatch key (CPU, CUDA): the tensors positionally, the loss options as
+registered per dispatch key (CPU, CUDA): the tensors positionally (``ref_logp`` and
+``token_weight`` optional), the loss options as
 keyword-only arguments named like the ``LossConfig`` fields (``op_options``), ``None`` for
 "off" (``dual_clip``, ``norm_constant``) and the ``LossConfig`` names for ``kl_estimator`` and
 ``aggregation``.
@@ -44,7 +47,7 @@ __all__ = [
 ]
 
 _BACKENDS = ("auto", "compiled", "reference")
-_BAD_NAMES = ("rewards", "logp", "old_logp", "ref_logp")  # stats[9:13], see csrc/grpo.h
+_BAD_NAMES = ("rewards", "logp", "old_logp", "ref_logp", "token_weight")  # see csrc/grpo.h
 
 
 def _compiled_supports(device: torch.device) -> bool:
@@ -99,8 +102,8 @@ def op_options(cfg: LossConfig) -> dict[str, Any]:
 
 
 def _raise_if_nonfinite(stats_vec: torch.Tensor) -> None:
-    """One host read of 4 counters (skipped under torch.compile tracing)."""
-    bad = stats_vec[len(STAT_NAMES) : len(STAT_NAMES) + 4].tolist()
+    """One host read of the non-finite counters (skipped under torch.compile tracing)."""
+    bad = stats_vec[len(STAT_NAMES) : len(STAT_NAMES) + len(_BAD_NAMES)].tolist()
     problems = [f"{name} ({int(c)})" for name, c in zip(_BAD_NAMES, bad, strict=True) if c]
     if problems:
         raise ValueError(
@@ -119,19 +122,25 @@ def grpo_loss(
     ref_logp: torch.Tensor | None = None,
     cfg: LossConfig = LossConfig(),  # noqa: B008 (frozen dataclass: immutable default)
     backend: str = "auto",
+    token_weight: torch.Tensor | None = None,
 ) -> LossOutput:
     """GRPO-family loss; same math and stats as ``srpo.algo.grpo_loss_reference``.
 
+    ``token_weight`` [N, T] (optional, detached): rollout-correction weights multiplying the
+    per-token surrogate term (not the KL term); see ``srpo.algo.rollout_correction``.
+
     The loss is float32 for float32/bfloat16 ``logp`` (float32 accumulation) and float64 for
     float64 ``logp``; the gradient w.r.t. ``logp`` has ``logp``'s dtype. Host syncs: one (a
-    read of the 4 non-finite counters, then ``ValueError`` if any is set) when
+    read of the 5 non-finite counters, then ``ValueError`` if any is set) when
     ``cfg.check_finite``, none otherwise (skipped under ``torch.compile`` tracing too).
     """
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    validate_inputs(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg)
+    validate_inputs(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, token_weight)
     if backend == "reference":
-        return grpo_loss_reference(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg)
+        return grpo_loss_reference(
+            rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, token_weight
+        )
     ns = _loader.ensure_loaded()
     if ns is None or not _compiled_supports(logp.device):
         why = (
@@ -146,7 +155,9 @@ def grpo_loss(
                 f"device-{logp.device.type}",
                 f"srpo.ops: {why}; using the torch reference for {logp.device.type} tensors",
             )
-        return grpo_loss_reference(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg)
+        return grpo_loss_reference(
+            rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, token_weight
+        )
 
     need_grad = bool(logp.requires_grad and torch.is_grad_enabled())
     op = getattr(torch.ops, ns).grpo_fwd
@@ -157,6 +168,7 @@ def grpo_loss(
         old_logp.detach(),
         mask,
         None if ref_logp is None else ref_logp.detach(),
+        None if token_weight is None else token_weight.detach(),
         **op_options(cfg),
         need_grad=need_grad,
     )

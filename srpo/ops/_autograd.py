@@ -15,7 +15,8 @@ import torch
 from srpo.ops._loader import NUM_STATS
 
 _registered: set[str] = set()
-_NUM_POSITIONAL = 6  # rewards, group_ids, logp, old_logp, mask, ref_logp; the rest is kw-only
+# rewards, group_ids, logp, old_logp, mask, ref_logp, token_weight; the rest is kw-only
+_NUM_POSITIONAL = 7
 
 
 def _fake(
@@ -25,6 +26,7 @@ def _fake(
     old_logp: torch.Tensor,
     mask: torch.Tensor,
     ref_logp: torch.Tensor | None = None,
+    token_weight: torch.Tensor | None = None,
     *,
     need_grad: bool = True,  # the schema's default (the dispatcher drops defaulted arguments)
     **_options: Any,

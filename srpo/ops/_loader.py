@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-ABI_VERSION = 4  # csrc/grpo.h kGrpoAbiVersion
-NUM_STATS = 13  # csrc/grpo.h kNumOut - 1 (the stats vector the op returns)
+ABI_VERSION = 5  # csrc/grpo.h kGrpoAbiVersion
+NUM_STATS = 14  # csrc/grpo.h kNumOut - 1 (the stats vector the op returns)
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 JIT_NAME = "srpo_ops_jit"
 

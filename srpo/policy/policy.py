@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from srpo.algo import ADVANTAGES, LossConfig, make_loss_fn
+from srpo.algo import ADVANTAGES, LossConfig, correction_weights, make_loss_fn
 from srpo.api import validate_override, warn
 from srpo.config import AlgorithmSection, PolicySection
 from srpo.errors import PluginError, SrpoError
@@ -125,8 +125,8 @@ def _unfusable_head(model: Any) -> str | None:
 
 def _flat_micro_stats(m_host: torch.Tensor) -> dict[str, Any]:
     """The loss stats a micro-batch of zero-advantage groups would report, known without
-    running it (loss and clip shares 0); approx_kl, entropy and the behaviour gap need the
-    forward pass and are averaged over the micro-batches that ran."""
+    running it (loss and clip shares 0); approx_kl, entropy, the behaviour gap and the
+    mismatch_* stats need the forward pass and are averaged over the micro-batches that ran."""
     return {
         "loss": 0.0,
         "clip_frac_low": 0.0,
@@ -153,6 +153,7 @@ class Policy:
         device: str = "cpu",
     ) -> None:
         self.cfg, self.device = cfg, torch.device(device)
+        self.model_dir, self.dtype = Path(model_dir), cfg.dtype  # for engines with a copy
         self.model, self.tokenizer = load_model_dir(model_dir, cfg.dtype)
         self.model.to(self.device)
         self.model.config.use_cache = True
@@ -427,10 +428,18 @@ class Policy:
         ref_logp: torch.Tensor | None,
         share: float,
     ) -> dict[str, torch.Tensor]:
-        """Forward, loss and backward of one micro-batch; returns its detached stats."""
+        """Forward, loss and backward of one micro-batch; returns its detached stats.
+
+        Rollout correction (``algorithm.rollout_correction``): the sampler's log-probs
+        (``batch.behaviour_logp``) against the trainer's ``old`` give per-token weights on the
+        surrogate term (None for mode ``none``) and the ``mismatch_*`` stats."""
         logp, entropy = self.response_logprobs(self.model, batch, rows, True)
         m = m_host.to(self.device)
         old = logp.detach() if old_logp is None else old_logp[rows]
+        behaviour = batch.behaviour_logp[rows].to(self.device)
+        weight, mismatch = correction_weights(
+            old, behaviour, m, self.loss_config.rollout_correction
+        )
         out = self.loss_fn(
             scores.reward[rows].to(self.device),
             batch.group[rows].to(self.device),
@@ -439,6 +448,8 @@ class Policy:
             m,
             None if ref_logp is None else ref_logp[rows],
             cfg=self.loss_config,
+            # only when there is one: a custom loss_fn without the argument keeps working
+            **({} if weight is None else {"token_weight": weight}),
         )
         (out.loss * share).backward()
         tokens = float(m_host.sum())
@@ -447,8 +458,8 @@ class Policy:
         if tokens:
             if entropy is not None:
                 stats["entropy"] = (entropy * m).sum() / tokens
-            b = batch.behaviour_logp[rows].to(self.device)
-            stats["behaviour_logp_gap"] = ((old - b).abs() * m).sum() / tokens
+            stats["behaviour_logp_gap"] = ((old - behaviour).abs() * m).sum() / tokens
+            stats.update(mismatch)
         return stats
 
     def _clip_and_step(self) -> float:

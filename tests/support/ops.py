@@ -8,6 +8,11 @@ Tolerances (vs that reference):
   float32  rtol 1e-5, grad 1e-4  (float32 accumulation, polynomial exp <= 2 ulp)
   bfloat16 rtol 1e-4, grad 8e-3  (float32 math; the gradient is rounded to bf16: 2^-8)
 
+Weighted cases (rollout correction, ``token_weight``): every nasty case and a slice of the
+option grid again with the weights of each correction mode (``WEIGHTED_CASES``), computed by
+``srpo.algo.correction_weights`` from a perturbed behaviour policy; NaN weights are stored at
+masked positions, which the op must ignore.
+
 Also a child-process entry point, run from the repository root:
   python -m tests.support.ops isa-outputs PATH   the CPU kernels' outputs on ISA_BATCHES
                                                  (SRPO_CPU_ISA picks the copy), saved to PATH
@@ -27,7 +32,15 @@ import pytest
 import torch
 
 import srpo.ops as ops
-from srpo.algo import AGGREGATIONS, STAT_NAMES, LossConfig, LossOutput, grpo_loss_reference
+from srpo.algo import (
+    AGGREGATIONS,
+    STAT_NAMES,
+    LossConfig,
+    LossOutput,
+    RolloutCorrectionOptions,
+    correction_weights,
+    grpo_loss_reference,
+)
 
 F64 = torch.float64
 F32 = torch.float32
@@ -274,6 +287,47 @@ NASTY_CASES = [
 
 OPTION_CASES = _option_grid()
 
+# --------------------------------------------------------------------------- weighted cases
+
+#: Correction modes with weights, and explicit bounds that put tokens on both sides of a band.
+WEIGHT_MODES = {
+    "token_tis": RolloutCorrectionOptions(mode="token_tis"),
+    "seq_tis": RolloutCorrectionOptions(mode="seq_tis", high=1.5),
+    "seq_mis": RolloutCorrectionOptions(mode="seq_mis", low=0.3, high=2.0),
+    "icepop": RolloutCorrectionOptions(mode="icepop", low=0.8, high=1.25),
+}
+
+
+def with_weights(batch: Batch, mode: str, seed: int = 0) -> Batch:
+    """``batch`` plus ``token_weight`` [N, T] float32 (float64 for float64 log-probs): the
+    weights of ``mode`` for a behaviour policy 0.3 * N(0, 1) away from ``old_logp``, NaN where
+    the mask is 0 (the op must never read them into the math)."""
+    old = batch["old_logp"]
+    assert old is not None
+    gen = torch.Generator().manual_seed(1000 + seed)
+    behaviour = old.double() + 0.3 * torch.randn(old.shape, generator=gen, dtype=F64)
+    weight, _ = correction_weights(old, behaviour, batch["mask"], WEIGHT_MODES[mode])
+    assert weight is not None
+    weight = weight.clone()
+    weight[batch["mask"] == 0] = float("nan")
+    return {**batch, "token_weight": weight}
+
+
+def _weighted(case: OpCase, mode: str, seed: int) -> OpCase:
+    def build(dtype: torch.dtype) -> Batch:
+        return with_weights(case.build(dtype), mode, seed)
+
+    return OpCase(f"{case.name}-w{mode}", build, case.cfg, case.dtypes)
+
+
+WEIGHTED_CASES = [
+    _weighted(c, mode, k) for k, c in enumerate(NASTY_CASES) for mode in WEIGHT_MODES
+] + [
+    _weighted(c, list(WEIGHT_MODES)[k % len(WEIGHT_MODES)], k)
+    for k, c in enumerate(OPTION_CASES)
+    if k % 5 == 0
+]
+
 
 def case_params(cases: list[OpCase]) -> list:
     """pytest params (case, dtype) with readable ids."""
@@ -344,18 +398,25 @@ def outputs(batch: Batch, cfg: LossConfig, device: str = "cpu") -> list[torch.Te
 # --------------------------------------------------------------------------- child processes
 
 # The CPU kernels' ISA copies (tests/test_ops_cpu_kernels.py): each batch is run in a child
-# with SRPO_CPU_ISA set (read once per process), then compared with the reference.
+# with SRPO_CPU_ISA set (read once per process), then compared with the reference. Weighted
+# batches (token_weight, icepop) exercise the weighted instantiation of each copy.
 ISA_CFG = LossConfig(clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.05, kl_estimator="k3")
 ISA_BATCHES = {
-    f"{str(d).removeprefix('torch.')}-{'float' if fm else 'bool'}-mask": (d, fm)
+    f"{str(d).removeprefix('torch.')}-{'float' if fm else 'bool'}-mask{'-weighted' if w else ''}": (
+        d,
+        fm,
+        w,
+    )
     for d in (F32, BF16)
     for fm in (False, True)
+    for w in (False, True)
 }
 
 
 def isa_batch(key: str) -> Batch:
-    dtype, float_mask = ISA_BATCHES[key]
-    return long_batch(n=48, t=531, seed=5, dtype=dtype, float_mask=float_mask)
+    dtype, float_mask, weighted = ISA_BATCHES[key]
+    b = long_batch(n=48, t=531, seed=5, dtype=dtype, float_mask=float_mask)
+    return with_weights(b, "icepop", 5) if weighted else b
 
 
 def _isa_outputs(path: str) -> None:
