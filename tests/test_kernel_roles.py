@@ -4,6 +4,7 @@ temperature, roles take overrides themselves, and a failed start closes what was
 from __future__ import annotations
 
 import pytest
+import torch
 
 from srpo.api import PluginError, Sampler
 
@@ -23,12 +24,12 @@ class ThirdPartySampler(Sampler):
         return batch
 
 
-def _kernel(write_config, **overrides):
+def _kernel(write_config, overwrite=False, **overrides):
     from srpo.config import load_config
     from srpo.kernel.build import build
 
     path = write_config(**{"run.max_steps": 1, "eval.datasets": {}, **overrides})
-    return build(load_config(path))
+    return build(load_config(path), overwrite=overwrite)
 
 
 @pytest.mark.parametrize(("claim", "matches"), [(None, True), (1.0, False)])
@@ -132,3 +133,78 @@ def test_verifier_errors_cost_samples_but_a_plugin_error_stops_the_run(tmp_path)
     assert scores.error[0] == "verifier raised ValueError: oops"
     with pytest.raises(PluginError, match="stop"):
         verify_batch({"math": Raises(PluginError("stop"))}, batch)
+
+
+class SyncReporting(Sampler):
+    """Delegates generation; its ``sync`` reports numbers, or fails, as an engine's might."""
+
+    def __init__(self, inner: Sampler, error: Exception | None = None) -> None:
+        self.inner, self.error, self.synced_weights = inner, error, []
+        self.options = inner.options
+
+    def generate(self, prompts, n, *, greedy=False):
+        return self.inner.generate(prompts, n, greedy=greedy)
+
+    def sync(self, policy):
+        if self.error is not None:
+            raise self.error
+        w = next(policy.model.parameters()).detach().clone()
+        self.synced_weights.append(w)
+        return {"sync/probe_gap": 1e-6 * len(self.synced_weights)}
+
+
+def test_sync_metrics_reach_the_step_and_a_failed_sync_stops_the_run(write_config):
+    from srpo.events import StepEnd
+    from srpo.kernel.build import close_roles
+    from tests.support.kernel import Collect
+
+    kernel = _kernel(write_config)
+    log = Collect()
+    kernel.roles.loggers.append(log)
+    kernel.roles.sampler = sampler = SyncReporting(kernel.roles.sampler)
+    try:
+        kernel.run()
+    finally:
+        close_roles(kernel)
+    (step,) = log.of(StepEnd)
+    assert step.metrics["sync/probe_gap"] == 1e-6 and step.metrics["time/sync"] >= 0
+    # the weights the sampler saw are the updated ones (sync runs after the update)
+    assert torch.equal(sampler.synced_weights[0], next(kernel.policy.model.parameters()))
+
+    kernel = _kernel(write_config, overwrite=True)
+    kernel.roles.sampler = SyncReporting(kernel.roles.sampler, RuntimeError("engine gone"))
+    try:
+        with pytest.raises(PluginError, match=r"^sampler SyncReporting failed to sync: "):
+            kernel.run()
+        kernel.roles.sampler.error = PluginError("sampler vllm: sync probe failed")
+        with pytest.raises(PluginError, match=r"^sampler vllm: sync probe failed$"):
+            kernel.run()
+    finally:
+        close_roles(kernel)
+
+
+def test_resume_syncs_the_sampler_to_the_checkpoint_weights(write_config, monkeypatch):
+    """An engine with its own copy of the weights must get the checkpoint's after a resume,
+    before the first step: the kernel syncs right after loading them."""
+    from srpo.config import load_config
+    from srpo.kernel import build as build_mod
+    from srpo.kernel.build import build, close_roles
+
+    path = write_config(**{"run.max_steps": 1, "eval.datasets": {}})
+    kernel = build(load_config(path))
+    try:
+        kernel.run()
+        trained = next(kernel.policy.model.parameters()).detach().clone()
+    finally:
+        close_roles(kernel)
+    synced = []
+    real = build_mod.sync_sampler
+
+    def spy(sampler, policy):
+        synced.append(next(policy.model.parameters()).detach().clone())
+        return real(sampler, policy)
+
+    monkeypatch.setattr(build_mod, "sync_sampler", spy)
+    resumed = build(load_config(path), resume="auto")
+    close_roles(resumed)
+    assert len(synced) == 1 and torch.equal(synced[0], trained)
