@@ -2,18 +2,26 @@
 
 The program sees a new PID, network (loopback only), IPC and UTS namespace; of the host
 file system only read-only ``/usr`` and the interpreter's prefixes; a fresh size-capped
-tmpfs as its working directory and ``/tmp``; and a cleared environment.
+tmpfs as its working directory and ``/tmp``; and a cleared environment. Every run also gets
+the ``seccomp`` filter (``--seccomp``): no namespaces, mounts, ptrace, keyrings, BPF...
+so a nested user namespace (which would hand the program all capabilities over a new
+mount namespace) cannot be made even as root, where ``--disable-userns`` does not apply
+(it needs ``--unshare-user``); without root both are in force.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import subprocess
 import sys
 
 from ..harness import encode
 from .backend import Backend
+from .cgroup import CgroupLimiter
 from .job import SANDBOX_ENV, Job, Limits, RunResult
+from .seccomp import build_filter, filter_fd
 from .uids import UidSlots
 
 
@@ -47,12 +55,24 @@ def _root_binds(python: str) -> list[str]:
     return args
 
 
+@functools.cache
+def bwrap_supports(bwrap: str, flag: str) -> bool:
+    """Whether the installed bubblewrap knows ``flag`` (from its ``--help``)."""
+    try:
+        res = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return flag in res.stdout + res.stderr
+
+
 def bwrap_argv(bwrap: str, limits: Limits, python: str, root: bool) -> list[str]:
     """The ``bwrap ... -- python`` command line every run starts with."""
     ns = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
     ns += ["--unshare-cgroup-try"]
     if not root:
-        ns += ["--unshare-user", "--disable-userns"]
+        ns += ["--unshare-user"]
+        if bwrap_supports(bwrap, "--disable-userns"):  # bubblewrap >= 0.8; else seccomp
+            ns += ["--disable-userns"]
     tmpfs = ["--perms", "1777", "--size", str(limits.tmpfs_bytes), "--tmpfs"]
     argv = [
         bwrap,
@@ -69,6 +89,10 @@ def bwrap_argv(bwrap: str, limits: Limits, python: str, root: bool) -> list[str]
         "/proc",
         "--dev",
         "/dev",
+        # POSIX semaphores and shared memory (multiprocessing's locks and queues) live
+        # here; bwrap's /dev/shm is not writable by the slot uid
+        *tmpfs,
+        "/dev/shm",
         *tmpfs,
         "/sandbox",
         "--chdir",
@@ -86,17 +110,40 @@ class BwrapBackend(Backend):
     name = "bwrap"
 
     def __init__(
-        self, limits: Limits, python: str, uid_slots: UidSlots | None, site: bool = True
+        self,
+        limits: Limits,
+        python: str,
+        uid_slots: UidSlots | None,
+        site: bool = True,
+        cgroups: CgroupLimiter | None = None,
     ) -> None:
-        super().__init__(limits, python, uid_slots, site)
+        super().__init__(limits, python, uid_slots, site, cgroups)
         bwrap = shutil.which("bwrap") or "bwrap"
         self.prefix = bwrap_argv(bwrap, limits, python, root=os.geteuid() == 0)
+        #: the compiled filter; None on an architecture ``seccomp`` has no table for
+        self.seccomp = build_filter()
 
     def _run(self, job: Job, uid: int | None) -> RunResult:
         # --info-fd names the namespace's init: the run waits for it, so for all its members
         info_r, info_w = os.pipe()
-        argv = [self.prefix[0], "--info-fd", str(info_w), *self.prefix[1:]]
-        return self._execute(argv, job, uid, cwd="/", env={}, info_pipe=(info_r, info_w))
+        argv = [self.prefix[0], "--info-fd", str(info_w)]
+        extra: tuple[int, ...] = ()
+        if self.seccomp is not None:
+            extra = (filter_fd(self.seccomp),)
+            argv += ["--seccomp", str(extra[0])]
+        try:
+            return self._execute(
+                [*argv, *self.prefix[1:]],
+                job,
+                uid,
+                cwd="/",
+                env={},
+                info_pipe=(info_r, info_w),
+                extra_fds=extra,
+            )
+        finally:
+            for fd in extra:
+                os.close(fd)
 
 
 def probe_bwrap(limits: Limits, python: str, site: bool = True) -> str | None:

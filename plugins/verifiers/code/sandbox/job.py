@@ -18,16 +18,27 @@ class Limits:
     output_bytes: int = 1 << 20  # stdout/stderr kept; more kills the run
     result_bytes: int = 16 << 20  # function results channel
     tmpfs_bytes: int = 64 << 20
+    #: without cgroups, RLIMIT_NPROC is cut to this and RLIMIT_AS to memory / it, so the
+    #: product (the most a sample can hold) stays within ``memory_bytes``
+    fallback_processes: int = 4
 
-    def rlimits(self, nproc: int) -> dict[str, int]:
+    def fallback_split(self) -> tuple[int, int]:
+        """(tasks, address space per process) that keep a sample within ``memory_bytes``
+        when no cgroup caps it as a whole."""
+        tasks = max(1, min(self.processes, self.fallback_processes))
+        return tasks, self.memory_bytes // tasks
+
+    def rlimits(self, nproc: int, address_space: int | None = None) -> dict[str, int]:
         """The ``resource`` limits the harness sets before the program runs.
 
         ``nproc`` is passed in because it depends on the uid the run gets (see
-        ``Backend.harness_message``); cores are off so a crash writes nothing.
+        ``Backend.harness_message``), ``address_space`` because it depends on whether a
+        cgroup caps the whole sample (default: ``memory_bytes``); cores are off so a crash
+        writes nothing.
         """
         return {
             "RLIMIT_CPU": self.cpu_s,
-            "RLIMIT_AS": self.memory_bytes,
+            "RLIMIT_AS": self.memory_bytes if address_space is None else address_space,
             "RLIMIT_FSIZE": self.file_size_bytes,
             "RLIMIT_NOFILE": self.open_files,
             "RLIMIT_NPROC": nproc,
@@ -60,6 +71,8 @@ class RunResult:
     output_exceeded: bool = False
     error: str | None = None  # the sandbox itself failed (not the program)
     wall_s: float = 0.0
+    oom_killed: bool = False  # the kernel killed a process at the sample's memory cap
+    peak_memory_bytes: int | None = None  # the sample's highest total use (cgroup only)
 
     @property
     def started(self) -> bool:

@@ -37,6 +37,13 @@ _MAX_FRAME_BYTES = 64 << 20
 _MAX_INT_DIGITS = 4300  # CPython's default int_max_str_digits; bigger ints travel as hex
 
 
+def _harness_source(preamble: str) -> str:
+    """The harness with ``preamble`` run just before its entry point."""
+    if not preamble:
+        return HARNESS_SRC_MAIN
+    return HARNESS_SRC + "\n" + preamble + "\nmain(int(sys.argv[1]), int(sys.argv[2]))\n"
+
+
 def run_harness(
     argv: list[str],
     job: Job,
@@ -45,6 +52,8 @@ def run_harness(
     cwd: str | None,
     env: dict[str, str],
     info_pipe: tuple[int, int] | None = None,
+    extra_fds: tuple[int, ...] = (),
+    preamble: str = "",
 ) -> RunResult:
     """Start ``argv -c <harness> MSG_FD RES_FD`` and police it to the end.
 
@@ -52,17 +61,19 @@ def run_harness(
     the child itself. ``info_pipe``: (read, write) ends of a pipe on which the child
     reports ``{"child-pid": N}`` (bwrap's ``--info-fd``, given the write end); the run then
     also waits for that process, hence its PID namespace, to be gone. Both ends are closed.
+    ``extra_fds`` are passed to the child too (the caller closes them); ``preamble``
+    (trusted code) runs in the harness after its definitions, before ``main``.
     """
     msg_r, msg_w = os.pipe()
     res_r, res_w = os.pipe()
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(
-            [*argv, "-c", HARNESS_SRC_MAIN, str(msg_r), str(res_w)],
+            [*argv, "-c", _harness_source(preamble), str(msg_r), str(res_w)],
             stdin=subprocess.PIPE if job.mode == "stdin" else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            pass_fds=(msg_r, res_w, *info_pipe[1:]) if info_pipe else (msg_r, res_w),
+            pass_fds=(msg_r, res_w, *(info_pipe[1:] if info_pipe else ()), *extra_fds),
             cwd=cwd,
             env=env,
             start_new_session=True,
