@@ -21,6 +21,13 @@
 
       {"stdin_tests": [{"input": "1 2\\n", "output": "3\\n"}]}
 
+Dataset rows as they ship are detected by shape (``formats``): HumanEval (``test`` with
+``check(candidate)`` and ``entry_point``), MBPP (``test_list`` + ``test_setup_code`` /
+``test_imports``) and stdin/stdout cases (APPS ``input_output``, ``inputs``/``outputs``
+without ``fn_name``, CodeContests ``input``/``output``, LiveCodeBench case lists), also
+when the reference is only the row's ``test``/``test_list`` field and the rest is in
+``Prompt.meta``. Each program then gets one sandbox; see ``formats`` for the threat model.
+
 Why it cannot be fooled: pass/fail is never read from the program's process. For function
 tests the sandbox only returns the *values* of the expressions that touch the program
 (see ``judge``); comparisons run on the trusted side with expected values the sandbox never
@@ -56,6 +63,8 @@ from pydantic import Field
 from srpo.api import PluginContext, PluginError, PluginOptions, Prompt, Score, Verifier
 
 from .extract import extract_code
+from .format_run import run_script, run_stdio
+from .formats import ScriptSpec, StdioSpec, parse_format, unwrap_apps
 from .judge import (
     ReferenceError_,
     Spec,
@@ -99,8 +108,25 @@ class CodeVerifier(Verifier):
         )
         total_timeout_s: float = Field(30.0, gt=0, description="wall budget per sample")
         startup_timeout_s: float = Field(10.0, gt=0, description="sandbox start-up budget")
-        memory_mb: int = Field(1024, ge=64, description="RLIMIT_AS per process")
-        max_processes: int = Field(16, ge=1, description="RLIMIT_NPROC (per sandbox uid)")
+        memory_mb: int = Field(
+            1024,
+            ge=64,
+            description="memory of a whole sample, all its processes together (cgroup "
+            "memory.max, swap off; an OOM kill scores 0); also RLIMIT_AS per process. "
+            "Without cgroups: RLIMIT_AS = memory_mb / min(max_processes, 4) per process",
+        )
+        max_processes: int = Field(
+            16,
+            ge=1,
+            description="tasks (processes + threads) of a sample: cgroup pids.max and "
+            "RLIMIT_NPROC per sandbox uid; without cgroups cut to at most 4",
+        )
+        memory_cap: Literal["auto", "cgroup", "rlimit"] = Field(
+            "auto",
+            description="how memory_mb/max_processes are enforced: auto (a cgroup per "
+            "sample where the machine allows one, else the rlimit split, with a warning), "
+            "cgroup (required), rlimit (per-process rlimits only)",
+        )
         file_size_mb: int = Field(16, ge=1)
         open_files: int = Field(64, ge=16)
         tmpfs_mb: int = Field(64, ge=1, description="size of the sandbox's /sandbox and /tmp")
@@ -146,11 +172,17 @@ class CodeVerifier(Verifier):
             self.backend = RemoteBackend(o.remote_url, self.limits)
         else:
             self.backend = make_backend(
-                o.backend, self.limits, python, self.workers, o.uid_base, o.site_packages
+                o.backend,
+                self.limits,
+                python,
+                self.workers,
+                o.uid_base,
+                o.site_packages,
+                o.memory_cap,
             )
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="codev")
         self._judge = JudgePool(o.judge_memory_mb << 20)
-        self._specs: dict[str, Spec] = {}
+        self._specs: dict[str, Spec | ScriptSpec | StdioSpec] = {}
         self.last_details: list[Outcome | None] = []
 
     # ----------------------------------------------------------------- public
@@ -191,11 +223,20 @@ class CodeVerifier(Verifier):
         bd = {"accuracy": 0.0, "pass_rate": 0.0, "no_code": float(no_code), "timeout": 0.0}
         return Score(0.0, False, bd, error)
 
-    def _spec(self, prompt: Prompt) -> Spec:
-        key = repr(prompt.reference)
+    def _spec(self, prompt: Prompt) -> Spec | ScriptSpec | StdioSpec:
+        meta = dict(prompt.meta) if prompt.meta else {}
+        extra = {k: meta.get(k) for k in ("entry_point", "prompt", "test_setup_code")}
+        extra["test_imports"] = meta.get("test_imports")
+        ref = prompt.reference
+        if "entry_point" in meta or (isinstance(ref, dict) and "entry_point" in ref):
+            extra["text"] = prompt.text  # HumanEval helpers when the row's prompt is the text
+        key = repr(prompt.reference) + repr(extra)
         spec = self._specs.get(key)
         if spec is None:
-            spec = parse_reference(prompt.reference)
+            # dataset formats (HumanEval, MBPP, stdin/stdout rows) first: see ``formats``
+            spec = parse_format(prompt.reference, extra)
+            if spec is None:
+                spec = parse_reference(unwrap_apps(prompt.reference))
             if len(self._specs) > 10_000:
                 self._specs.clear()
             self._specs[key] = spec
@@ -215,7 +256,11 @@ class CodeVerifier(Verifier):
             why = "program too long" if spec.num_tests else "no tests"
             return self._zero(), Outcome([], [why])
         deadline = time.monotonic() + self.options.total_timeout_s
-        if spec.kind == "stdin":
+        if spec.kind == "script":
+            out = run_script(self, spec, code, deadline)
+        elif spec.kind == "stdio":
+            out = run_stdio(self, spec, code, deadline)
+        elif spec.kind == "stdin":
             out = self._run_stdin(spec, code, deadline)
         else:
             out = self._run_calls(spec, code, deadline)
@@ -226,6 +271,11 @@ class CodeVerifier(Verifier):
         bd = {"accuracy": float(allok), "pass_rate": rate, "no_code": 0.0}
         bd["timeout"] = float(out.timeout)
         return Score(reward, allok, bd), out
+
+    def _oom_reason(self) -> str:
+        return (
+            f"memory limit exceeded (the sample's processes together, {self.options.memory_mb} MiB)"
+        )
 
     def _job(self, mode: str, code: str, deadline: float, **kw: Any) -> Job:
         o = self.options
@@ -250,7 +300,9 @@ class CodeVerifier(Verifier):
             if not res.started and not res.timed_out:
                 raise SandboxFailure(res.error or res.stderr.decode(errors="replace")[-500:])
             ok, why = False, None
-            if res.timed_out:
+            if res.oom_killed:
+                why = self._oom_reason()
+            elif res.timed_out:
                 why, out.timeout = "time limit exceeded", True
             elif res.output_exceeded:
                 why = "output limit exceeded"
@@ -287,6 +339,8 @@ class CodeVerifier(Verifier):
             if time.monotonic() >= deadline:
                 break
             res = self.backend.run(self._job("calls", code, deadline, requests=todo))
+            if res.oom_killed:  # a child may have died in the parent's place: never a pass
+                return self._oom_reason()
             init = next((f for f in res.frames if "init" in f), None)
             if init is None:
                 if not res.started and not res.timed_out:

@@ -17,7 +17,11 @@ Protocol: the trusted side writes one length-prefixed JSON message on fd 3::
 In ``calls`` mode the harness answers on fd 4 with length-prefixed JSON frames: first
 ``{"init": true}`` or ``{"init": false, "error": str}``, then one
 ``{"i": k, "ok": true, "value": enc}`` / ``{"i": k, "ok": false, "etype": str, "error": str}``
-per request, in order. In ``stdin`` mode the program runs as ``__main__`` on the real
+per request, in order. Two more request kinds serve ``formats``: ``{"script": {...}}`` runs
+a dataset test script with the program's functions recorded and returns the transcript
+(``_run_script``); ``{"stdio": {...}}`` requests (all of a run) run the program as
+``__main__`` once per case in forked children, never in this process (``_serve_stdio``).
+In ``stdin`` mode the program runs as ``__main__`` on the real
 stdin/stdout and its exit status is the process's.
 """
 
@@ -40,8 +44,11 @@ class Unencodable(TypeError):
     """A value that is not plain data (functions, custom objects...)."""
 
 
-def encode(v: Any, depth: int = 0) -> Any:
-    """Plain data -> JSON-able tagged form. Only exact plain types survive the trip."""
+def encode(v: Any, depth: int = 0, handle: Any = None) -> Any:
+    """Plain data -> JSON-able tagged form. Only exact plain types survive the trip.
+
+    ``handle``: called on a value that is not plain data; returns its tagged stand-in
+    (``{"$h": k}``, see ``formats``) or raises ``Unencodable``."""
     if depth > 200:
         raise Unencodable("nesting too deep")
     if v is None or isinstance(v, bool | str):
@@ -60,18 +67,39 @@ def encode(v: Any, depth: int = 0) -> Any:
         return {"$c": [encode(v.real), encode(v.imag)]}
     if isinstance(v, bytes | bytearray):
         return {"$b": bytes(v).hex()}
-    d = depth + 1
+    d, h = depth + 1, handle
     if isinstance(v, list):
-        return [encode(x, d) for x in v]
+        return [encode(x, d, h) for x in v]
     if isinstance(v, tuple):
-        return {"$t": [encode(x, d) for x in v]}
+        return {"$t": [encode(x, d, h) for x in v]}
     if isinstance(v, frozenset):
-        return {"$fs": [encode(x, d) for x in v]}
+        return {"$fs": [encode(x, d, h) for x in v]}
     if isinstance(v, set):
-        return {"$s": [encode(x, d) for x in v]}
+        return {"$s": [encode(x, d, h) for x in v]}
     if isinstance(v, dict):
-        return {"$d": [[encode(k, d), encode(x, d)] for k, x in v.items()]}
+        return {"$d": [[encode(k, d, h), encode(x, d, h)] for k, x in v.items()]}
+    if handle is not None:
+        return handle(v)
     raise Unencodable(f"cannot return a {type(v).__name__} to the judge")
+
+
+def _canon_tree(v: Any) -> Any:
+    if isinstance(v, list):
+        return [_canon_tree(x) for x in v]
+    if isinstance(v, dict) and len(v) == 1:
+        ((tag, x),) = v.items()
+        if isinstance(x, list):
+            xs = [_canon_tree(y) for y in x]
+            if tag in ("$s", "$fs", "$d"):  # iteration order may differ between processes
+                xs.sort(key=lambda y: json.dumps(y, sort_keys=True))
+            return {tag: xs}
+    return v
+
+
+def call_key(name: str, args: Any, kwargs: Any, handle: Any) -> str:
+    """A canonical string naming the call ``name(*args, **kwargs)`` (both sides agree)."""
+    enc = encode([list(args), dict(kwargs)], handle=handle)
+    return name + "\x00" + json.dumps(_canon_tree(enc), sort_keys=True, separators=(",", ":"))
 
 
 def decode(v: Any) -> Any:
@@ -178,6 +206,10 @@ def _serve_calls(msg: dict[str, Any], emit: Any) -> None:
     import builtins
 
     program: str = msg["program"]
+    reqs = msg["requests"]
+    if reqs and "stdio" in reqs[0]:  # stdin/stdout cases: the program runs in children only
+        _serve_stdio(program, reqs, emit)
+        return
     g = {"__name__": "solution", "__builtins__": builtins}
     try:
         exec(compile(program, "solution.py", "exec"), g)
@@ -187,15 +219,209 @@ def _serve_calls(msg: dict[str, Any], emit: Any) -> None:
     emit({"init": True})
     for k, req in enumerate(msg["requests"]):
         try:
-            env = decode(req["env"])
-            value = eval(compile(req["src"], f"<test {k}>", "eval"), g, env)
-            res = {"i": k, "ok": True, "value": encode(value)}
+            if "script" in req:
+                res = {"i": k, "ok": True, "value": _run_script(req["script"], g)}
+            else:
+                env = decode(req["env"])
+                value = eval(compile(req["src"], f"<test {k}>", "eval"), g, env)
+                res = {"i": k, "ok": True, "value": encode(value)}
         except BaseException as e:
             res = {"i": k, "ok": False, "etype": type(e).__name__, "error": str(e)[:2000]}
         try:
             emit(res)
         except BaseException as e:
             emit({"i": k, "ok": False, "etype": "Unencodable", "error": repr(e)[:2000]})
+
+
+def _run_script(spec: dict[str, Any], g: dict[str, Any]) -> list[Any]:
+    """Run a dataset test script with the program's functions wrapped by recorders.
+
+    Returns the transcript ``[[call_key, result], ...]``: what each call of a program
+    function was given and what it returned (plain data, or ``{"$h": k}`` for other
+    objects) or raised. The trusted side re-runs the same script against this transcript
+    (``formats``); nothing here decides pass/fail. ``random`` is seeded as there, and its
+    state is restored around every program call so the script draws the same inputs.
+    """
+    import builtins
+    import random
+
+    calls: list[Any] = []
+    objs: dict[int, tuple[int, Any]] = {}
+
+    def handle(o: Any) -> Any:
+        h = objs.get(id(o))
+        if h is None:
+            h = objs[id(o)] = (len(objs), o)
+        return {"$h": h[0]}
+
+    def recorder(name: str, fn: Any) -> Any:
+        def call(*a: Any, **kw: Any) -> Any:
+            try:
+                key = call_key(name, a, kw, handle)
+            except BaseException:
+                key = None
+            st = random.getstate()
+            try:
+                r = fn(*a, **kw)
+            except BaseException as e:
+                random.setstate(st)
+                calls.append([key, {"ok": False, "etype": type(e).__name__, "error": str(e)[:500]}])
+                raise
+            random.setstate(st)
+            try:
+                res = {"ok": True, "value": encode(r, handle=handle)}
+            except BaseException as e:
+                res = {"ok": False, "etype": "Unencodable", "error": repr(e)[:500]}
+            calls.append([key, res])
+            return r
+
+        return call
+
+    def missing(name: str) -> Any:
+        def call(*a: Any, **kw: Any) -> Any:
+            raise NameError(f"name {name!r} is not defined")
+
+        return call
+
+    ns: dict[str, Any] = {"__builtins__": builtins, "__name__": "__srpo_test__"}
+    random.seed(spec["seed"])
+    try:
+        exec(compile(spec["preamble"], "<test setup>", "exec"), ns)
+        for n in spec["proxy"]:
+            ns[n] = recorder(n, g[n]) if callable(g.get(n)) else missing(n)
+        exec(compile(spec["test"], "<test>", "exec"), ns)
+    except BaseException:
+        pass
+    return calls
+
+
+def _serve_stdio(program: str, reqs: list[dict[str, Any]], emit: Any) -> None:
+    """Run ``program`` as ``__main__`` once per case, each in a forked child of this process.
+
+    The program never runs in this process: each child gets the case's input on fd 0 and
+    memfds on fds 1 and 2, and is SIGKILLed (with its process group) past ``step_s``. The
+    frame per case carries the exit status and captured output; the trusted side compares.
+    """
+    import signal
+    import time
+
+    try:
+        code = compile(program, "main.py", "exec")
+    except BaseException as e:
+        emit({"init": False, "error": f"{type(e).__name__}: {e}"[:2000]})
+        return
+    emit({"init": True})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for k, req in enumerate(reqs):
+        case = req["stdio"]
+        fin = os.memfd_create("stdin")
+        fout = os.memfd_create("stdout")
+        ferr = os.memfd_create("stderr")
+        data = case["input"].encode()
+        while data:
+            data = data[os.write(fin, data) :]
+        os.lseek(fin, 0, 0)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            status = 1
+            try:
+                os.setpgid(0, 0)
+                os.dup2(fin, 0)
+                os.dup2(fout, 1)
+                os.dup2(ferr, 2)
+                os.closerange(3, 1 << 16)  # the result channel and the memfds' originals
+                status = _run_main(code)
+            finally:
+                os._exit(status)
+        os.close(fin)
+        timed_out = False
+        deadline = time.monotonic() + case["step_s"]
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        while True:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                _sigkill(pid, signal.SIGKILL)
+                done, st = os.waitpid(pid, 0)
+                break
+            if pidfd is not None:
+                import select
+
+                select.select([pidfd], [], [], left)
+            else:
+                time.sleep(min(left, 0.002))
+        if pidfd is not None:
+            os.close(pidfd)
+        _sigkill(pid, signal.SIGKILL)  # what the case left running in its group
+        size = os.fstat(fout).st_size
+        over = size > case["max_output"]
+        out = os.pread(fout, min(size, case["max_output"]), 0)
+        esize = os.fstat(ferr).st_size
+        err = os.pread(ferr, min(esize, 2000), max(0, esize - 2000))
+        os.close(fout)
+        os.close(ferr)
+        rc = os.waitstatus_to_exitcode(st)
+        value = {
+            "status": rc,
+            "timeout": timed_out,
+            "over": over,
+            "stdout": out.decode(errors="replace"),
+            "stderr": err.decode(errors="replace"),
+        }
+        emit({"i": k, "ok": True, "value": value})
+
+
+def _sigkill(pid: int, sig: int) -> bool:
+    """Signal the process group ``pid``, else the process; False if neither exists."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, sig)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _run_main(code: Any) -> int:  # pragma: no cover - runs in a forked child
+    import builtins
+    import io
+
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)))
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+    sys.argv = ["main.py"]
+    g = {"__name__": "__main__", "__builtins__": builtins, "__file__": "main.py"}
+    status = 0
+    try:
+        exec(code, g)
+    except SystemExit as e:
+        c = e.code
+        if c is None:
+            status = 0
+        elif isinstance(c, int):
+            status = c & 0xFF
+        else:
+            sys.stderr.write(f"{c}\n")
+            status = 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        status = 1
+    for f in (sys.stdout, sys.__stdout__):
+        try:
+            if f is not None:
+                f.flush()
+        except BaseException:
+            status = status or 1
+    return status
 
 
 def remote_main(msg_json: str, token: str) -> None:  # pragma: no cover - remote sandbox

@@ -12,6 +12,8 @@ Protocol: length-prefixed JSON on stdin, one answer per message on stdout::
     {"op": "asserts", "names": [str], "tests": {k: source}, "results": {key: frame}}
       -> {"verdicts": {k: [passed | null, reason | null]}, "pending": [request]}
     {"op": "io", "cases": [[frame, expected]]} -> {"verdicts": [[passed, reason | null]]}
+    {"op": "script", "preamble": str, "proxy": [str], "seed": int, "tests": [source],
+     "frames": [frame]} -> {"verdicts": [[passed, reason | null]]}   (see ``formats``)
 """
 
 from __future__ import annotations
@@ -98,7 +100,12 @@ def main(memory_bytes: int) -> None:  # pragma: no cover - runs in the judge pro
         budget = int(used + float(msg.get("cpu_s", 60))) + 1
         resource.setrlimit(resource.RLIMIT_CPU, (budget, resource.RLIM_INFINITY))
         try:
-            ans = judge_asserts(msg) if msg["op"] == "asserts" else judge_io(msg)
+            if msg["op"] == "script":
+                from .formats import judge_script
+
+                ans = judge_script(msg)
+            else:
+                ans = judge_asserts(msg) if msg["op"] == "asserts" else judge_io(msg)
         except MemoryError:
             ans = {"error": "judge out of memory"}
         _write(ans)
