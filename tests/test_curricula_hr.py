@@ -159,3 +159,65 @@ def test_state_round_trip_mid_epoch_and_determinism(tmp_path, store):
 def test_unknown_domain_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown domain 'code'"):
         make(tmp_path, domains=["code"])
+
+
+# -- the default floor: one step's prompts (a deviation from the paper) ---------------------
+
+
+def make_run(tmp_path: Path, n: int, pps: int | None, **opts: object) -> HR:
+    """As the kernel builds it: the context carries the resolved run file."""
+    config = {} if pps is None else {"run": {"prompts_per_step": pps}}
+    ctx = PluginContext(run_dir=tmp_path, seed=0, datasets={"math": prompts(n)}, config=config)
+    return HR(HR.Options(**opts), ctx)
+
+
+def run_epochs(tmp_path: Path, tag: str, cur: HR, epochs: int) -> list[tuple]:
+    """Every served prompt is solved but the hard ones (id % 8 == 0, all wrong)."""
+    s = Store(tmp_path / tag)
+    out = []
+    for e in range(epochs):
+        served, rep = epoch(cur, e, s, {i: 0 if i % 8 == 0 else G for i in range(24)})
+        out.append((served, rep))
+    s.store.close()
+    return out
+
+
+def test_default_floor_keeps_one_step_where_the_paper_rule_collapses(tmp_path):
+    paper = run_epochs(tmp_path, "p", make_run(tmp_path, 24, 4, min_dataset_steps=0), 5)
+    # the paper's rule: 21 of 24 solved in epoch 0, then the 3 hard ones for good
+    assert [len(s) for s, _ in paper] == [24, 3, 3, 3, 3]
+    floored = run_epochs(tmp_path, "f", make_run(tmp_path, 24, 4), 5)
+    sizes = [len(s) for s, _ in floored]
+    assert sizes == [24, 4, 4, 4, 4]  # never below one step (4 prompts)
+    assert all(r["dataset_size"] >= 4 for _, r in floored)
+    assert [r["readmitted/floor"] for _, r in floored] == [1, 1, 1, 1, 1]
+    # the floor re-admits the oldest dropped, so the easy prompts rotate back in turn
+    extra = [sorted(set(s) - {0, 8, 16}) for s, _ in floored[1:]]
+    assert all(len(x) == 1 for x in extra) and len({x[0] for x in extra}) == 4
+
+
+def test_floor_zero_is_the_old_rule(tmp_path):
+    old = run_epochs(tmp_path, "o", make_run(tmp_path, 24, None), 4)  # no step size known
+    zero = run_epochs(tmp_path, "z", make_run(tmp_path, 24, 4, min_dataset_steps=0), 4)
+    assert zero == old
+    assert all(r["readmitted"] == 0 for _, r in zero)
+
+
+def test_step_floor_scales_and_takes_the_max_with_the_others(tmp_path):
+    for opts, size in (
+        ({"min_dataset_steps": 1.5}, 6),
+        ({"min_dataset_steps": 2}, 8),
+        ({"min_dataset_size": 10}, 10),  # max with the step floor (4)
+        ({"min_dataset_frac": 0.25}, 6),  # ceil(0.25 * 24) > 4
+        ({"min_dataset_steps": 100}, 24),  # capped at the whole pool
+    ):
+        cur = make_run(tmp_path, 24, 4, **opts)
+        (_, rep), *_ = run_epochs(tmp_path, f"s{len(opts)}{size}", cur, 1)
+        assert rep["dataset_size"] == size, opts
+
+
+def test_step_floor_is_an_epoch_rule(tmp_path):
+    with pytest.raises(ValueError, match="min_dataset_steps applies to selection: epoch"):
+        HR.Options(selection="step", min_dataset_steps=0)
+    cur = make_run(tmp_path, 24, 4, selection="step")  # the default floor does not refuse it
+    assert cur.pool.rules is None

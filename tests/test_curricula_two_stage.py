@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -99,7 +100,10 @@ def test_switch_after_epochs(tmp_path):
 
 
 def test_switch_on_plateau(tmp_path):
-    plateau = {"metric": "response_length/mean", "window": 3, "min_delta": 1.0, "min_steps": 8}
+    plateau = {
+        "metric": "response_length/mean", "window": 3, "patience": 2, "min_delta": 1.0,
+        "min_steps": 8,
+    }  # fmt: skip
     cur = make(tmp_path, n_math=100, switch={"plateau": plateau}, resampling="none")
     cur.begin_epoch(0)
     values = [10, 12, 14, 16, 18, 20, 22, 24, 25, 25, 25, 25, 25, 25]
@@ -110,12 +114,13 @@ def test_switch_on_plateau(tmp_path):
         if cur.pending:
             fired_at = i
             break
-    # window 3: mean(25,25,25) - mean(24,25,25) = 0.33 < 1, first at step index 12
+    # moving mean of 3: ... 23.67, 24.67 (+1.0: not > min_delta), 25 (+1.33: best), then
+    # 25, 25: two steps without a gain > 1 -> fires at step index 12
     assert fired_at == 12
-    assert "plateau" in cur.pending
+    assert "plateau" in cur.pending and cur.switch_rule == "plateau" and cur.switch_step == 13
     assert cur.next_prompts(1) == []
-    cur.end_epoch(0, None)
-    assert cur.stage == 1
+    rep = cur.end_epoch(0, None)
+    assert cur.stage == 1 and rep["switch_step"] == 13 and rep["switch/plateau"] == 1
 
     # min_steps holds the rule back even when the metric is flat from the start
     slow = make(tmp_path, n_math=100, switch={"plateau": {**plateau, "min_steps": 12}})
@@ -195,3 +200,31 @@ def test_overrides_and_option_checks(tmp_path):
         TS.Options(switch={})
     with pytest.raises(ValueError, match="unknown domain 'proof'"):
         make(tmp_path, stage2_mix={"math": 1, "proof": 1})
+
+
+def test_default_hr_floor_keeps_a_step_of_each_domain(tmp_path, store):
+    def build(**hr: object) -> TS:
+        data = {"math": prompts(12), "code": prompts(12, "code", start=1000)}
+        ctx = PluginContext(
+            run_dir=tmp_path, seed=0, datasets=data, config={"run": {"prompts_per_step": 4}}
+        )
+        mix = {"math": 1, "code": 3}  # code: 3 of every 4 prompts in stage 1
+        return TS(TS.Options(switch={"after_epochs": 1}, stage2_mix=mix, hr=hr), ctx)
+
+    for hr, math_left, code_left in (({}, 4, 3), ({"min_dataset_steps": 0}, 0, 0)):
+        s = Store(tmp_path / f"h{math_left}")
+        cur = build(**hr)
+        cur.begin_epoch(0)
+        served = drain(cur, 4)
+        s.write(0, dict.fromkeys(served, G))  # stage 0: every math prompt solved
+        cur.end_epoch(0, s.reader())
+        assert cur.pools["math"].size() == math_left  # stage-0 domain: a whole step
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cur.begin_epoch(1)
+        assert bool(caught) == (math_left == 0)  # "no prompts left" only without a floor
+        served = drain(cur, 4)
+        s.write(1, dict.fromkeys(served, G))
+        cur.end_epoch(1, s.reader())
+        assert cur.pools["code"].size() == code_left  # its share of a step: 3
+        s.store.close()

@@ -6,8 +6,12 @@ dataset of the next epoch is rebuilt from the history store (``epoch_summary`` o
 gradient), mixed and all-wrong ones are kept, and prompts with no rollouts in the window
 (not reached, e.g. ``max_steps``) are kept. Beyond the paper, dropped prompts may come back
 (``readmit_after``, ``readmit_prob``; a known criticism of HR is that solved prompts are
-otherwise gone for good, even if the policy later forgets them) and ``min_dataset_size``
-keeps the dataset from collapsing. The rules live in ``_common.ResamplingPool``, shared with
+otherwise gone for good, even if the policy later forgets them) and a floor
+(``min_dataset_steps``, ``min_dataset_size``, ``min_dataset_frac``) keeps the dataset from
+collapsing. The floor is on by default (one step's prompts, ``run.prompts_per_step``): a
+deviation from the paper, whose rule let the pool shrink to a handful of prompts over
+several epochs on small data (README, "Several epochs"); ``min_dataset_steps: 0`` restores
+the paper's rule. The rules live in ``_common.ResamplingPool``, shared with
 ``two_stage``.
 
 ``selection: step`` (not in the paper) replaces the epoch-end drop with a per-step draw: each
@@ -35,7 +39,7 @@ from srpo.api import (
     warn,
 )
 
-from ._common import Cursor, ResamplingPool, ResamplingRules, check_domains
+from ._common import Cursor, ResamplingPool, ResamplingRules, check_domains, prompts_per_step
 from ._selection import PassRatePosterior, SelectingCursor, SelectionRules, informative_share
 
 
@@ -70,7 +74,12 @@ class HistoryResamplingCurriculum(Curriculum):
         check_domains(domains, context.datasets)
         prompts: list[Prompt] = [p for d in domains for p in context.datasets[d]]
         self.by_step = options.selection == "step"
-        self.pool = ResamplingPool(prompts, None if self.by_step else options, salt="hr")
+        self.pool = ResamplingPool(
+            prompts,
+            None if self.by_step else options,
+            salt="hr",
+            step_prompts=prompts_per_step(context.config),
+        )
         group_size = int(context.config.get("algorithm", {}).get("group_size", 8))
         self.posterior = PassRatePosterior(options.step, group_size)
         self.cursor: Cursor = Cursor()

@@ -8,7 +8,10 @@ Semantics (chosen here, relied on by tests):
 
 * **Pools.** Each domain has one pool with its own HR state (``resampling: history``); a
   math prompt dropped in stage 0 stays dropped in stage 1 until HR re-admits it. HR rules
-  are the ones of ``history_resampling`` (``_common.ResamplingPool``).
+  are the ones of ``history_resampling`` (``_common.ResamplingPool``), floor included: by
+  default each pool keeps one step's worth of its prompts (``hr.min_dataset_steps: 1``, not
+  in the paper) — ``run.prompts_per_step`` for a stage-0 domain, its ``stage2_mix`` share
+  of it for the others.
 * **Step selection.** ``resampling: selection`` drops nothing: each step's prompts are
   drawn by expected informativeness from one pass-rate posterior over all domains
   (``_selection``, options under ``selection``), within the stage's domains and, in
@@ -25,7 +28,15 @@ Semantics (chosen here, relied on by tests):
   there (the next ``next_prompts`` returns ``[]``; HR rebuilds from the partial epoch) and
   stage 1 starts with the next epoch, so every epoch belongs to exactly one stage; with
   ``mid_epoch: false`` the switch waits for the epoch's natural end. The early-ended epoch
-  counts toward ``run.epochs``.
+  counts toward ``run.epochs``. ``plateau`` is early stopping on a per-step *training*
+  metric (held-out evaluation does not reach curricula): by default ``accuracy``, which in
+  stage 0 is the stage-1 domains' accuracy, as a moving mean of ``window`` steps; it fires
+  when that mean has not beaten its best by more than ``min_delta`` for ``patience`` steps
+  (and stage 0 ran ``min_steps``). Rules combine, first to fire wins, so ``after_steps`` /
+  ``after_epochs`` beside ``plateau`` cap stage 0. ``end_epoch`` reports the switch
+  (``stage_switched``, ``switch_step``: stage-0 steps when the rule fired,
+  ``switch/<rule>``); the reason string is ``pending``. All of it is checkpointed (the
+  moving window, best and patience count too), so a resumed run switches at the same step.
 * **Overrides.** ``stage_overrides: {0: {...}, 1: {...}}`` is free-form; ``overrides()``
   returns the current stage's dict. The kernel applies it when ``stage`` changes (at an
   epoch start) — the curriculum itself never touches other roles.
@@ -58,23 +69,39 @@ from ._common import (
     ResamplingPool,
     ResamplingRules,
     check_domains,
+    prompts_per_step,
     seeded_rng,
 )
 from ._selection import PassRatePosterior, SelectingCursor, SelectionRules, informative_share
 
 
 class PlateauRule(PluginOptions):
-    """Switch when ``metric`` stops improving: mean of the last ``window`` stage-0 steps
-    minus the mean of the ``window`` before is below ``min_delta`` (after ``min_steps``)."""
+    """Switch when stage 0 stops improving ``metric``, early-stopping style.
 
-    metric: str = Field("reward/mean", description='e.g. "reward/mean", "response_length/mean"')
-    window: int = Field(20, ge=1)
-    min_delta: float = 0.01
+    The kernel hands ``observe`` each step's *training* metrics (held-out evaluation does not
+    reach curricula), so the rule watches training accuracy: ``accuracy`` in stage 0 is the
+    accuracy of the stage-1 domains' rollouts (only they are served). Each step with the
+    metric, its mean over the last ``window`` such steps is the smoothed value; a step
+    improves when that value beats the best so far by more than ``min_delta`` (``mode: min``:
+    falls below it). The rule fires once ``patience`` steps in a row did not improve and
+    stage 0 has run ``min_steps`` steps. Steps without the metric do not count.
+    """
+
+    metric: str = Field(
+        "accuracy",
+        description='per-step training metric: "accuracy" (stage 0: the stage-1 domains), '
+        '"accuracy/math", "reward/mean", "response_length/mean", ...',
+    )
+    mode: Literal["max", "min"] = Field("max", description="max: higher is better")
+    window: int = Field(10, ge=1, description="steps in the moving mean (1: raw values)")
+    patience: int = Field(20, ge=1, description="steps without improvement before it fires")
+    min_delta: float = Field(0.01, ge=0.0, description="smallest gain that counts")
     min_steps: int = Field(50, ge=0, description="stage-0 steps before the rule may fire")
 
 
 class SwitchRule(PluginOptions):
-    """When stage 0 ends; with several rules, the first to fire wins."""
+    """When stage 0 ends; with several rules, the first to fire wins (so ``after_steps`` or
+    ``after_epochs`` beside ``plateau`` caps stage 0's length)."""
 
     after_steps: int | None = Field(None, ge=1)
     after_epochs: int | None = Field(None, ge=1)
@@ -134,8 +161,16 @@ class TwoStageCurriculum(Curriculum):
         domains = list(dict.fromkeys([*options.stage1_domains, *self.mix]))
         check_domains(domains, context.datasets)
         rules = options.hr if options.resampling == "history" else None
+        pps = prompts_per_step(context.config)
+        total = sum(self.mix.values())
+        # prompts one step draws from a domain at most: all of it in stage 0, its share in 1
+        step = {
+            d: pps if d in options.stage1_domains else math.ceil(pps * self.mix[d] / total)
+            for d in domains
+        }
         self.pools = {
-            d: ResamplingPool(context.datasets[d], rules, salt=f"two_stage/{d}") for d in domains
+            d: ResamplingPool(context.datasets[d], rules, f"two_stage/{d}", step[d])
+            for d in domains
         }
         self.by_step = options.resampling == "selection"
         group_size = int(context.config.get("algorithm", {}).get("group_size", 8))
@@ -145,7 +180,12 @@ class TwoStageCurriculum(Curriculum):
         self.stage0_epochs = 0
         self.pending: str | None = None  # why stage 0 ends, once a rule fired
         self.switch_epoch: int | None = None  # first epoch of stage 1
-        self.values: list[float] = []  # the plateau metric, last 2*window stage-0 steps
+        self.switch_rule: str | None = None  # after_steps, after_epochs or plateau
+        self.switch_step: int | None = None  # stage-0 steps when that rule fired
+        self.values: list[float] = []  # the plateau metric, last `window` steps with it
+        self.best: float | None = None  # best smoothed plateau metric so far
+        self.best_step = 0  # stage-0 step of that best
+        self.stale = 0  # steps with the metric since the best
         self.cursor = self._cursor("stage0", self._joint_id)  # stage 0: indices into joint
         self.joint: list[tuple[str, int]] = []
         self.cursors: dict[str, Cursor] = {}  # stage 1: one per mixed domain
@@ -197,7 +237,8 @@ class TwoStageCurriculum(Curriculum):
                     self._warned_empty.add(d)
                     warn(
                         f"two_stage: domain {d!r} has no prompts left in its pool; stage 1 "
-                        "mixes the other domains (set hr.min_dataset_size to keep some)",
+                        "mixes the other domains (keep some with a floor: hr.min_dataset_steps "
+                        "or hr.min_dataset_size)",
                         stacklevel=2,
                     )
                 continue
@@ -240,23 +281,35 @@ class TwoStageCurriculum(Curriculum):
         self.stage0_steps += 1
         sw = self.options.switch
         if sw.after_steps is not None and self.stage0_steps >= sw.after_steps:
-            self.pending = self.pending or f"after_steps={sw.after_steps}"
+            self._fire("after_steps", f"after_steps={sw.after_steps}")
         if sw.plateau is not None:
-            p = sw.plateau
-            v = metrics.get(p.metric)
-            if v is not None and math.isfinite(float(v)):
-                self.values = [*self.values, float(v)][-2 * p.window :]
-            if (
-                self.pending is None
-                and self.stage0_steps >= p.min_steps
-                and len(self.values) >= 2 * p.window
-            ):
-                prev = sum(self.values[: p.window]) / p.window
-                last = sum(self.values[p.window :]) / p.window
-                if last - prev < p.min_delta:
-                    self.pending = (
-                        f"plateau: {p.metric} {prev:.4g} -> {last:.4g} over {p.window} steps"
-                    )
+            self._plateau(sw.plateau, metrics)
+
+    def _plateau(self, p: PlateauRule, metrics: Mapping[str, float]) -> None:
+        v = metrics.get(p.metric)
+        if v is None or not math.isfinite(float(v)):
+            return  # this step says nothing about the metric
+        self.values = [*self.values, float(v)][-p.window :]
+        if len(self.values) < p.window:
+            return
+        smooth = sum(self.values) / p.window
+        gain = (smooth - self.best) * (1 if p.mode == "max" else -1) if self.best is not None else 0
+        if self.best is None or gain > p.min_delta:  # the first smoothed value is the best
+            self.best, self.best_step, self.stale = smooth, self.stage0_steps, 0
+        else:
+            self.stale += 1
+        if self.stale >= p.patience and self.stage0_steps >= p.min_steps:
+            self._fire(
+                "plateau",
+                f"plateau: {p.metric} (mean of {p.window}) best {self.best:.4g} at stage-0 "
+                f"step {self.best_step}, no gain > {p.min_delta:g} in {self.stale} steps",
+            )
+
+    def _fire(self, rule: str, reason: str) -> None:
+        """The first rule to fire ends stage 0; later ones change nothing."""
+        if self.pending is None:
+            self.pending, self.switch_rule = reason, rule
+            self.switch_step = self.stage0_steps
 
     def end_epoch(self, epoch: int, history: HistoryReader | None) -> Mapping[str, float]:
         served = self.options.stage1_domains if self._stage == 0 else list(self.cursors)
@@ -275,12 +328,17 @@ class TwoStageCurriculum(Curriculum):
         if self._stage == 0:
             self.stage0_epochs += 1
             after = self.options.switch.after_epochs
-            if after is not None and self.stage0_epochs >= after and self.pending is None:
-                self.pending = f"after_epochs={after}"
+            if after is not None and self.stage0_epochs >= after:
+                self._fire("after_epochs", f"after_epochs={after}")
             if self.pending is not None:
                 self._stage = 1
                 self.switch_epoch = epoch + 1
                 report["stage_switched"] = 1.0
+                # stage-0 steps trained when the rule fired, and which rule (1.0 = it)
+                report["switch_step"] = float(self.switch_step or self.stage0_steps)
+                if self.switch_rule is not None:  # None: resumed from an older checkpoint
+                    report[f"switch/{self.switch_rule}"] = 1.0
+                report["stage0_steps"] = float(self.stage0_steps)
         report["dataset_size"] = float(self.epoch_size())
         return report
 
@@ -304,7 +362,12 @@ class TwoStageCurriculum(Curriculum):
             "stage0_epochs": self.stage0_epochs,
             "pending": self.pending,
             "switch_epoch": self.switch_epoch,
+            "switch_rule": self.switch_rule,
+            "switch_step": self.switch_step,
             "values": list(self.values),
+            "best": self.best,
+            "best_step": self.best_step,
+            "stale": self.stale,
             "epoch": self.epoch,
             "joint": [[d, i] for d, i in self.joint],
             "cursor": self.cursor.state_dict(),
@@ -320,7 +383,13 @@ class TwoStageCurriculum(Curriculum):
         self.stage0_epochs = int(state["stage0_epochs"])
         self.pending = state["pending"]
         self.switch_epoch = state["switch_epoch"]
+        self.switch_rule = state.get("switch_rule")
+        self.switch_step = state.get("switch_step")
         self.values = [float(v) for v in state["values"]]
+        best = state.get("best")
+        self.best = None if best is None else float(best)
+        self.best_step = int(state.get("best_step", 0))
+        self.stale = int(state.get("stale", 0))
         self.epoch = int(state["epoch"])
         self.joint = [(str(d), int(i)) for d, i in state["joint"]]
         self.cursor.load_state_dict(state["cursor"])
