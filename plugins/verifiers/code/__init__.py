@@ -63,7 +63,7 @@ from pydantic import Field
 from srpo.api import PluginContext, PluginError, PluginOptions, Prompt, Score, Verifier
 
 from .extract import extract_code
-from .format_run import run_script, run_stdio
+from .format_run import run_failure, run_script, run_stdio
 from .formats import ScriptSpec, StdioSpec, parse_format, unwrap_apps
 from .judge import (
     ReferenceError_,
@@ -362,15 +362,8 @@ class CodeVerifier(Verifier):
                 k += 1
             if k == len(todo):
                 return None
-            if res.timed_out:
-                why, etype = "time limit exceeded", "Timeout"
-                out.timeout = True
-            elif res.output_exceeded:
-                why, etype = "output limit exceeded", "OutputLimit"
-            elif res.error:
-                why, etype = res.error[:300], "ProtocolError"
-            else:
-                why, etype = f"process died (status {res.returncode})", "Crash"
+            why, etype = run_failure(res)
+            out.timeout = out.timeout or bool(res.timed_out)
             results[request_key(todo[k])] = _failed(etype, why)
             todo = todo[k + 1 :]
         for r in todo:

@@ -14,6 +14,19 @@ from typing import TYPE_CHECKING, Any
 from .formats import ScriptSpec, StdioSpec, outputs_match
 from .sandbox import Job
 
+
+def run_failure(res: Any) -> tuple[str, str]:
+    """(reason, error type) for a sandbox run that stopped before answering every request:
+    the budget, the output cap, a broken protocol, or a crash, in that order."""
+    if res.timed_out:
+        return "time limit exceeded", "Timeout"
+    if res.output_exceeded:
+        return "output limit exceeded", "OutputLimit"
+    if res.error:
+        return res.error[:300], "ProtocolError"
+    return f"process died (status {res.returncode})", "Crash"
+
+
 if TYPE_CHECKING:
     from . import CodeVerifier, Outcome
 
@@ -73,15 +86,8 @@ def execute(
             k += 1
         if k == len(todo):
             return frames, None
-        if res.timed_out:
-            why, etype = "time limit exceeded", "Timeout"
-            out.timeout = True
-        elif res.output_exceeded:
-            why, etype = "output limit exceeded", "OutputLimit"
-        elif res.error:
-            why, etype = res.error[:300], "ProtocolError"
-        else:
-            why, etype = f"process died (status {res.returncode})", "Crash"
+        why, etype = run_failure(res)
+        out.timeout = out.timeout or bool(res.timed_out)
         frames.append(_failed(etype, why))
         todo = todo[k + 1 :]
         if not v.options.partial_credit:
