@@ -194,11 +194,9 @@ SMALL = {
 
 
 def srpo(args: list[str], out: Path, *, module: str = "srpo.cli", timeout: float = 900):
-    sets = [
-        a
-        for k, v in {**SMALL, "run.output_dir": str(out)}.items()
-        for a in ("--set", f"{k}={json.dumps(v)}")
-    ]
+    # the model directory itself: a fresh clone has no examples/smollm2/model link
+    where = {"run.output_dir": str(out), "policy.path": str(smollm2_model_dir())}
+    sets = [a for k, v in {**SMALL, **where}.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", module, *args, *sets],
