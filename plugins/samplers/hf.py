@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from pydantic import Field
+from srpo_plugins.samplers._sampling import SamplingOptions
 from transformers import (
     GenerationConfig,
     LogitsProcessor,
@@ -25,7 +26,6 @@ from transformers import (
 
 from srpo.api import (
     PluginContext,
-    PluginOptions,
     PolicyHandle,
     Prompt,
     RolloutBatch,
@@ -34,11 +34,7 @@ from srpo.api import (
 )
 
 
-class HFSamplerOptions(PluginOptions):
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)
-    max_new_tokens: int = Field(64, ge=1)
+class HFSamplerOptions(SamplingOptions):
     batch_size: int = Field(512, ge=1, description="rollouts generated per forward batch")
 
 

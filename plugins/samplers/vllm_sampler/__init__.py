@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, Field
+from srpo_plugins.samplers._sampling import SamplingOptions
 from srpo_plugins.samplers.vllm_sampler.engine import start_engine, vllm_missing
 from srpo_plugins.samplers.vllm_sampler.weights import (
     PROBE_TOLERANCE,
@@ -35,7 +36,6 @@ from srpo.api import (
     OptionError,
     PluginContext,
     PluginError,
-    PluginOptions,
     PolicyHandle,
     Prompt,
     RolloutBatch,
@@ -44,11 +44,7 @@ from srpo.api import (
 )
 
 
-class VLLMSamplerOptions(PluginOptions):
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)
-    max_new_tokens: int = Field(64, ge=1)
+class VLLMSamplerOptions(SamplingOptions):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="the engine's dtype; auto: the policy's (policy.dtype)"
     )

@@ -13,15 +13,14 @@ import shutil
 import tempfile
 
 from .backend import Backend
-from .cgroup import CgroupLimiter
 from .fallback_fs import (
     READABLE_PATH,
     SHARED_WRITABLE,
     remove_files_of_uid,
     remove_ipc_of_uid,
 )
-from .job import SANDBOX_ENV, Job, Limits, RunResult
-from .uids import UidSlots, sweep_uid
+from .job import SANDBOX_ENV, Job, RunResult
+from .uids import sweep_uid
 
 
 def missing_guarantees(root: bool) -> list[str]:
@@ -46,16 +45,6 @@ class RlimitBackend(Backend):
     """Fallback without namespaces: own process group, rlimits, own uid, temp dir, clean env."""
 
     name = "rlimit"
-
-    def __init__(
-        self,
-        limits: Limits,
-        python: str,
-        uid_slots: UidSlots | None,
-        site: bool = True,
-        cgroups: CgroupLimiter | None = None,
-    ) -> None:
-        super().__init__(limits, python, uid_slots, site, cgroups)
 
     def _run(self, job: Job, uid: int | None) -> RunResult:
         work = tempfile.mkdtemp(prefix="srpo-sbx-")
