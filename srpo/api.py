@@ -15,7 +15,7 @@ sampler may use of the policy), ``left_pad``, ``group_has_signal`` and
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -27,6 +27,7 @@ from srpo import events
 from srpo.algo.groups import group_has_signal
 from srpo.errors import OptionError, PluginError, SrpoError, SrpoWarning, warn
 from srpo.events import Event
+from srpo.seeding import splitmix64
 from srpo.types import (
     Prompt,
     PromptSummary,
@@ -67,6 +68,18 @@ class PolicyHandle(Protocol):
 
     @property
     def dtype(self) -> str: ...  # the training dtype: "float32" or "bfloat16"
+
+    @property
+    def generation_model(self) -> Any:
+        """A full model with the current weights to generate with: ``model`` itself in one
+        process; in a data-parallel (FSDP-sharded) run a replica the policy refreshes after
+        every update, kept only for samplers that set ``generates_with_policy_model``."""
+        ...
+
+    def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, full tensor) of every weight, for engines with their own copy; in a
+        sharded run each is gathered as it is read (every rank must read to the end)."""
+        ...
 
     def encode_prompt(self, prompt: str | Sequence[Mapping[str, str]]) -> list[int]:
         """Prompt token ids: text or chat messages, through the chat template if any."""
@@ -143,12 +156,33 @@ class Sampler(Plugin, ABC):
 
     role = "sampler"
 
+    #: True for a sampler that generates with ``PolicyHandle.generation_model`` (the
+    #: policy's own weights) rather than an engine with its own copy: a sharded run then
+    #: keeps a full replica of the policy for it.
+    generates_with_policy_model: ClassVar[bool] = False
+
     @abstractmethod
-    def generate(self, prompts: Sequence[Prompt], n: int, *, greedy: bool = False) -> RolloutBatch:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        n: int,
+        *,
+        greedy: bool = False,
+        seeds: Sequence[int] | None = None,
+    ) -> RolloutBatch:
         """``n`` rollouts per prompt; ``greedy`` is used for evaluation (n is then 1).
 
         The batch says the temperature it was sampled at (``RolloutBatch.temperature``; 0 for
-        greedy): the trainer computes its log-probs at that temperature."""
+        greedy): the trainer computes its log-probs at that temperature.
+
+        ``seeds``: one int per prompt, given by the kernel (derived from the run seed, the
+        step and the prompt's position in the step). A sampler that takes it makes prompt
+        i's ``n`` rollouts depend only on ``seeds[i]``, the weights and the prompt, never on
+        which other prompts share the call, on batching or on the global RNG: that is how
+        data-parallel ranks, each generating a share of a step's prompts, sample exactly
+        what one process would. ``None``: the sampler seeds itself. Greedy ignores seeds.
+        Optional for third-party samplers: the kernel only passes it to a ``generate`` that
+        accepts it."""
 
     def sync(self, policy: PolicyHandle) -> Mapping[str, float] | None:
         """Make the sampler generate with the policy's current weights: after every update,
@@ -289,6 +323,7 @@ __all__ = [
     "group_has_signal",
     "left_pad",
     "render_report_plots",
+    "splitmix64",
     "validate_override",
     "warn",
 ]

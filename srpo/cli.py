@@ -4,6 +4,7 @@ Examples:
   srpo run examples/tiny/plugins.yaml                   # train the shipped tiny example
   srpo run plugins.yaml --set algorithm.group_size=16   # override any key
   srpo run plugins.yaml --resume                        # continue from the newest checkpoint
+  srpo run plugins.yaml --nproc 2                       # data-parallel, 2 ranks (torchrun)
   srpo validate plugins.yaml                            # check a run file, run nothing
   srpo plugins list                                     # every plugin, with load errors
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import warnings
@@ -23,11 +25,50 @@ from srpo.errors import SrpoError, SrpoWarning
 
 
 def _fail(message: str, code: int = 2) -> int:
-    print(f"srpo: error: {message}", file=sys.stderr)
+    print(f"srpo: error: {_rank_prefix()}{message}", file=sys.stderr)
     return code
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+def _rank_prefix() -> str:
+    """``rank N: `` in a data-parallel job (which process said it), else nothing."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
+        return f"rank {os.environ['RANK']}: "
+    return ""
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``--nproc N``: validate here (one error, not one per rank), then start the ranks."""
+    from srpo.distributed.launch import LaunchSpec, launch
+
+    if args.nproc < 1 or args.nnodes < 1:
+        return _fail("--nproc and --nnodes must be at least 1")
+    if args.nnodes > 1 and not args.rdzv_endpoint:
+        return _fail("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the same on every node)")
+    cmd_validate(args, quiet=True)
+    rest = _rank_argv(sys.argv[1:] if args.owns_process else args.argv)
+    spec = LaunchSpec(args.nproc, args.nnodes, args.rdzv_endpoint, args.rdzv_id)
+    return launch(spec, rest)
+
+
+def _rank_argv(argv: Sequence[str]) -> list[str]:
+    """The command line each rank runs: this one without the launcher's options."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in LAUNCH_OPTIONS:
+            skip = "=" not in a
+            continue
+        out.append(a)
+    return out
+
+
+LAUNCH_OPTIONS = ("--nproc", "--nnodes", "--rdzv-endpoint", "--rdzv-id")
+
+
+def cmd_validate(args: argparse.Namespace, quiet: bool = False) -> int:
     from srpo.config import load_config
     from srpo.kernel.build import load_datasets, plan
 
@@ -37,7 +78,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     evals = load_datasets(loaded, eval_split=True)
     sizes = ", ".join(f"{d}: {len(v)}" for d, v in data.items())
     esizes = ", ".join(f"{d}: {len(v)}" for d, v in evals.items()) or "none"
-    print(f"{args.run_file}: OK (train prompts {sizes}; held-out {esizes})")
+    if not quiet:
+        print(f"{args.run_file}: OK (train prompts {sizes}; held-out {esizes})")
     return 0
 
 
@@ -46,10 +88,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     plugin failed at run time (checkpointed when possible), 2 for bad input."""
     from srpo.kernel.signals import GracefulStop, exit_at_once_while_setting_up
 
+    if getattr(args, "nproc", None):
+        return _launch(args)
     owns_process = getattr(args, "owns_process", False)
     if owns_process:  # before the heavy imports: a Ctrl-C from here on is a clean 130
         exit_at_once_while_setting_up()
     from srpo.config import load_config
+    from srpo.distributed import shutdown
     from srpo.errors import PluginError
     from srpo.kernel.build import build, close_roles
     from srpo.kernel.history_hook import open_history
@@ -81,6 +126,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                     kernel.history.close()
     except PluginError as e:
         return _fail(str(e), e.exit_code)
+    finally:
+        if status is not None:  # every rank got here: leave the job together
+            shutdown(kernel.dist)
     if status == "completed":
         if stop.signum is not None:
             print(
@@ -92,10 +140,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if stop.exit_code is not None:
         where = kernel.checkpoints.last_step if kernel.checkpoints is not None else None
         saved = f"checkpoint of step {where} saved; " if where is not None else ""
-        print(
-            f"srpo: stopped by {stop.target.stop_requested}: {saved}continue with --resume",
-            file=sys.stderr,
-        )
+        if kernel.dist.is_main:
+            print(
+                f"srpo: stopped by {stop.target.stop_requested}: {saved}continue with --resume",
+                file=sys.stderr,
+            )
         return stop.exit_code
     return 1
 
@@ -179,6 +228,20 @@ def make_parser() -> argparse.ArgumentParser:
         help="with --resume: accept that this run-file key (or section) changed since the "
         "checkpoint (repeatable), e.g. --allow-config-change run.max_steps",
     )
+    dp = run.add_argument_group(
+        "data-parallel training (one rank per process; FSDP2; NCCL on CUDA, gloo on CPU)",
+        "--nproc N starts N ranks on this machine, the same as "
+        "'torchrun --nproc-per-node N -m srpo run RUN_FILE'. Across machines, run the same "
+        "command on each with --nnodes M --rdzv-endpoint HOST:PORT.",
+    )
+    dp.add_argument("--nproc", type=int, metavar="N", help="ranks on this machine")
+    dp.add_argument("--nnodes", type=int, default=1, metavar="M", help="machines (default 1)")
+    dp.add_argument(
+        "--rdzv-endpoint",
+        metavar="HOST:PORT",
+        help="c10d rendezvous address every node can reach (the first node's, say)",
+    )
+    dp.add_argument("--rdzv-id", metavar="ID", help="job id shared by the nodes (multi-node)")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser(
@@ -241,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     args.owns_process = argv is None
+    args.argv = list(argv) if argv is not None else None
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -79,7 +79,7 @@ class _Opts(PluginOptions):
 class _Recorder(Sampler):
     Options = _Opts
 
-    def generate(self, prompts, n, *, greedy=False):  # pragma: no cover - not called
+    def generate(self, prompts, n, *, greedy=False, seeds=None):  # pragma: no cover - not called
         raise NotImplementedError
 
 

@@ -17,7 +17,7 @@ class ThirdPartySampler(Sampler):
         self.inner, self.claim = inner, claim
         self.options = inner.options
 
-    def generate(self, prompts, n, *, greedy=False):
+    def generate(self, prompts, n, *, greedy=False, seeds=None):
         batch = self.inner.generate(prompts, n, greedy=greedy)
         if self.claim is not None and not greedy:
             batch.temperature = self.claim  # lie about it, to show the check can fail
@@ -142,7 +142,7 @@ class SyncReporting(Sampler):
         self.inner, self.error, self.synced_weights = inner, error, []
         self.options = inner.options
 
-    def generate(self, prompts, n, *, greedy=False):
+    def generate(self, prompts, n, *, greedy=False, seeds=None):
         return self.inner.generate(prompts, n, greedy=greedy)
 
     def sync(self, policy):

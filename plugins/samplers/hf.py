@@ -6,6 +6,12 @@ when set, top-p/top-k truncation (renormalized). The trainer computes its log-pr
 batch's temperature over the full vocabulary, so with top-p/top-k < full the two differ on
 purpose; ``behaviour_logp_gap`` in the step metrics shows by how much. Only the sampled
 token's log-prob is kept per step (``ChosenLogprobs``): O(n·T) memory, never [n, T, V].
+
+Sampling does not use transformers' ``do_sample`` (global torch RNG, one draw for the whole
+batch): ``SeededChooser`` samples every row from its own random stream, keyed by the
+prompt's seed and the sample index, and greedy decoding takes its pick. So a rollout depends only on
+(seed, weights, prompt), never on the batch it was generated in: data-parallel ranks
+generating shares of a step reproduce one process (up to the model's own numerics).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 from pydantic import Field
-from srpo_plugins.samplers._sampling import SamplingOptions
+from srpo_plugins.samplers._sampling import SamplingOptions, row_seed
 from transformers import (
     GenerationConfig,
     LogitsProcessor,
@@ -31,6 +37,7 @@ from srpo.api import (
     RolloutBatch,
     Sampler,
     left_pad,
+    splitmix64,
 )
 
 
@@ -40,6 +47,8 @@ class HFSamplerOptions(SamplingOptions):
 
 class HFSampler(Sampler):
     Options = HFSamplerOptions
+    #: generates with the policy's own model (in a sharded run: the policy's full replica)
+    generates_with_policy_model = True
 
     def __init__(self, options: HFSamplerOptions, context: PluginContext) -> None:
         super().__init__(options, context)
@@ -50,14 +59,34 @@ class HFSampler(Sampler):
         self.tokenizer = context.policy.tokenizer
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Prompt], n: int, *, greedy: bool = False) -> RolloutBatch:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        n: int,
+        *,
+        greedy: bool = False,
+        seeds: Sequence[int] | None = None,
+    ) -> RolloutBatch:
         prompt_ids = [self.policy.encode_prompt(p.chat) for p in prompts]
+        if greedy:
+            seed_list: list[int] = []
+        elif seeds is None:  # seeded by the global RNG (run.seed): one draw per call
+            seed_list = torch.randint(0, 2**62, (len(prompts),)).tolist()
+        else:
+            seed_list = [int(x) for x in seeds]
+            if len(seed_list) != len(prompts):
+                raise ValueError(f"{len(seed_list)} seeds for {len(prompts)} prompts")
         flat = [(g, s) for g in range(len(prompts)) for s in range(n)]
         chunks = [
             flat[i : i + self.options.batch_size]
             for i in range(0, len(flat), self.options.batch_size)
         ]
-        parts = [self._generate_chunk(prompt_ids, c, greedy) for c in chunks]
+        parts = [
+            self._generate_chunk(
+                prompt_ids, c, None if greedy else [row_seed(seed_list[g], s) for g, s in c]
+            )
+            for c in chunks
+        ]
         T = max((p[0].shape[1] for p in parts), default=0)
         pad = int(self.tokenizer.pad_token_id)
         temperature = 0.0 if greedy else self.options.temperature
@@ -98,32 +127,37 @@ class HFSampler(Sampler):
         )
 
     def _generate_chunk(
-        self, prompt_ids: list[list[int]], rows: list[tuple[int, int]], greedy: bool
+        self,
+        prompt_ids: list[list[int]],
+        rows: list[tuple[int, int]],
+        row_seeds: list[int] | None,
     ) -> tuple[torch.Tensor, ...]:
-        model, device = self.policy.model, self.policy.device
+        """Generate one chunk of (prompt, sample) rows; ``row_seeds`` None means greedy."""
+        model, device = self.policy.generation_model, self.policy.device
         pad = int(self.tokenizer.pad_token_id)
         eos = self.tokenizer.eos_token_id
         ids, att = left_pad([prompt_ids[g] for g, _ in rows], pad)
         lp = ids.shape[1]
-        recorder = None if greedy else ChosenLogprobs()
+        recorder = None if row_seeds is None else ChosenLogprobs()
         # Our own config, not the model's generation_config.json: its defaults (top_p,
         # repetition penalty, ...) would change the sampling distribution behind our back.
-        # Sampling knobs are off (our processors apply them); greedy decoding gets none at
-        # all, since transformers warns about sampling flags on a greedy config.
-        knobs = {} if greedy else {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+        # Always greedy decoding, no sampling knobs (transformers warns about them on a
+        # greedy config): when sampling, our processors warp the scores and SeededChooser
+        # leaves only its sampled token for the argmax to take.
         config = GenerationConfig(
             max_new_tokens=self.options.max_new_tokens,
-            do_sample=not greedy,
+            do_sample=False,
             pad_token_id=pad,
             eos_token_id=eos,
             return_dict_in_generate=True,
-            **knobs,
         )
         out = model.generate(
             input_ids=ids.to(device),
             attention_mask=att.to(device),
             generation_config=config,
-            logits_processor=None if greedy else self._processors(recorder),
+            logits_processor=None
+            if recorder is None
+            else self._processors(recorder, SeededChooser(row_seeds or [])),
         )
         resp = out.sequences[:, lp:].cpu()
         if resp.shape[1] == 0:
@@ -138,9 +172,9 @@ class HFSampler(Sampler):
             logp = recorder.result(out.sequences).cpu().masked_fill(~mask, 0.0)
         return resp, mask, logp, ~is_eos.any(1)
 
-    def _processors(self, recorder: ChosenLogprobs) -> LogitsProcessorList:
+    def _processors(self, recorder: ChosenLogprobs, chooser: SeededChooser) -> LogitsProcessorList:
         """Temperature, top-k, top-p (the order transformers uses), then the recorder, so it
-        sees exactly the distribution each token was sampled from."""
+        sees exactly the distribution each token is sampled from, then the chooser."""
         o = self.options
         out = LogitsProcessorList()
         if o.temperature != 1.0:
@@ -150,7 +184,77 @@ class HFSampler(Sampler):
         if o.top_p < 1.0:
             out.append(TopPLogitsWarper(top_p=o.top_p))
         out.append(recorder)
+        out.append(chooser)
         return out
+
+
+class SeededChooser(LogitsProcessor):
+    """Samples each row's next token from the (warped) scores with the row's own random
+    stream, then leaves only that token finite so greedy decoding takes it.
+
+    Gumbel-max: ``argmax(log_softmax(scores) + Gumbel noise)`` is an exact sample of
+    ``softmax(scores)``. The noise is counter-based: token v's uniform at step t of row r is
+    splitmix64 of (the row's seed, t, v), computed with integer tensor ops on the scores'
+    device. So row r's t-th token depends only on its seed and its own scores — not on the
+    other rows, the chunking, the global RNG or the device — and on a GPU a [rows, V] draw
+    is a few vectorized ops (per-row CPU generators cost ~2 s per decode step at 512 rows ×
+    150k vocab).
+    """
+
+    #: rows per noise block: bounds the int64 temporaries to ~block·V·8 bytes each
+    block = 64
+
+    def __init__(self, seeds: Sequence[int]) -> None:
+        self.seeds = [int(s) for s in seeds]
+        self.step = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape[0] != len(self.seeds):
+            raise RuntimeError(f"{scores.shape[0]} rows for {len(self.seeds)} seeds")
+        keys = [splitmix64(s ^ splitmix64(self.step)) for s in self.seeds]
+        self.step += 1
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        chosen = torch.cat(
+            [
+                (logp[i : i + self.block] + gumbel(keys[i : i + self.block], logp)).argmax(-1)
+                for i in range(0, len(keys), self.block)
+            ]
+        )
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, chosen[:, None], 0.0)
+
+
+def _signed(x: int) -> int:
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+_GOLDEN = _signed(0x9E3779B97F4A7C15)
+_MIX1 = _signed(0xBF58476D1CE4E5B9)
+_MIX2 = _signed(0x94D049BB133111EB)
+
+
+def _srl(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def splitmix64_tensor(x: torch.Tensor) -> torch.Tensor:
+    """``splitmix64`` elementwise on int64 (two's-complement wrapping = arithmetic mod 2**64)."""
+    x = x + _GOLDEN
+    x = (x ^ _srl(x, 30)) * _MIX1
+    x = (x ^ _srl(x, 27)) * _MIX2
+    return x ^ _srl(x, 31)
+
+
+def gumbel(keys: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """[len(keys), V] standard Gumbel noise (float32, on ``like``'s device): row r is the
+    splitmix64 stream keyed by ``keys[r]``, one 53-bit uniform in (0, 1) per token."""
+    V = like.shape[-1]
+    key = torch.tensor([_signed(k) for k in keys], dtype=torch.int64, device=like.device)
+    counter = torch.arange(V, dtype=torch.int64, device=like.device) * _GOLDEN
+    bits = splitmix64_tensor(key[:, None] + counter)
+    u = (_srl(bits, 11).double() + 0.5) * 2.0**-53
+    return (-torch.log(-torch.log(u))).float()
 
 
 class ChosenLogprobs(LogitsProcessor):

@@ -25,8 +25,10 @@ from srpo.algo.loss import compiled_unsupported
 from srpo.api import Plugin, PluginContext
 from srpo.config import LoadedConfig, PluginSpec, RunConfig, format_validation_error, resolve_path
 from srpo.data import load_dataset
+from srpo.distributed import Dist, init_from_env, say
 from srpo.errors import OptionError, PluginError, PluginStartError, SrpoError
 from srpo.kernel.checkpoint import (
+    SHARDED,
     CheckpointError,
     CheckpointManager,
     check_config,
@@ -186,7 +188,7 @@ def _prepare_resume(
     state = load_state(path)
     changes = check_config(state["config"], new_config, allow, path)
     for key, old, new in changes:
-        print(f"srpo: run file change accepted: {key}: {old!r} → {new!r}")
+        say(f"srpo: run file change accepted: {key}: {old!r} → {new!r}")
     return path, state
 
 
@@ -245,7 +247,14 @@ def build(
         ckpt, state = _prepare_resume(run_dir, resume, config, allow_config_change)
     else:
         check_output_dir(run_dir, overwrite)
-    policy = _make_policy(loaded, sum(len(v) for v in datasets.values()))
+    device = _device(cfg.run.device)
+    dist = init_from_env(device)
+    if dist.active and device == "cuda":
+        device = f"cuda:{dist.local_rank}"
+    keep_replica = bool(getattr(p.sampler[0], "generates_with_policy_model", False))
+    policy = _make_policy(
+        loaded, sum(len(v) for v in datasets.values()), device, dist, keep_replica
+    )
     ctx = PluginContext(
         run_dir=run_dir,
         seed=cfg.run.seed,
@@ -259,13 +268,15 @@ def build(
     built: list[Plugin] = []
     history = None
     try:
-        roles = _construct_roles(p, ctx, built)
+        roles = _construct_roles(p, ctx, built, with_loggers=dist.is_main)
         domains = sorted(set(datasets) | set(eval_sets))
-        if ckpt is None:
+        dist.barrier()  # every rank checked the directory before rank 0 creates it
+        if ckpt is None and dist.is_main:
             _create_run_dir(run_dir, overwrite, domains, config)
         open_reader = None
-        if cfg.history.enabled and history_factory is not None:
+        if cfg.history.enabled and history_factory is not None and dist.is_main:
             history, open_reader = history_factory(run_dir, cfg)
+        dist.barrier()
         kernel = Kernel(
             roles,
             policy,
@@ -275,7 +286,8 @@ def build(
             eval_sets,
             history=history,
             open_reader=open_reader,
-            checkpoints=CheckpointManager(run_dir, cfg.checkpoint.keep),
+            checkpoints=CheckpointManager(run_dir, cfg.checkpoint.keep, dist),
+            dist=dist,
         )
         if ckpt is None:
             kernel.seed_everything()
@@ -286,22 +298,28 @@ def build(
         if history is not None:
             history.close()
         raise
-    _write_config(run_dir, config)  # the run file as now in force (allowed changes included)
+    if dist.is_main:
+        _write_config(run_dir, config)  # the run file now in force (allowed changes included)
     return kernel
 
 
-def _make_policy(loaded: LoadedConfig, train_prompts: int) -> Any:
-    """Threads, device and seed first (model loading draws from the RNG), then the policy
-    with the loss of ``algorithm.loss_backend``."""
+def _device(run_device: str) -> str:
+    if run_device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return run_device
+
+
+def _make_policy(
+    loaded: LoadedConfig, train_prompts: int, device: str, dist: Dist, keep_replica: bool
+) -> Any:
+    """Threads and seed first (model loading draws from the RNG), then the policy with the
+    loss of ``algorithm.loss_backend`` (sharded with FSDP2 in a data-parallel run)."""
     from srpo.algo import make_loss_fn
     from srpo.policy import Policy
 
     cfg = loaded.config
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    device = cfg.run.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(cfg.run.seed)
     steps_per_epoch = -(-train_prompts // cfg.run.prompts_per_step)
     total = cfg.run.max_steps or steps_per_epoch * cfg.run.epochs
@@ -312,12 +330,16 @@ def _make_policy(loaded: LoadedConfig, train_prompts: int) -> Any:
         total,
         loss_fn=make_loss_fn(cfg.algorithm.loss_backend),
         device=device,
+        dist=dist,
+        keep_replica=keep_replica,
     )
 
 
-def _construct_roles(p: Plan, ctx: PluginContext, built: list[Plugin]) -> Roles:
+def _construct_roles(
+    p: Plan, ctx: PluginContext, built: list[Plugin], with_loggers: bool = True
+) -> Roles:
     """Construct every plugin, appending each to ``built`` as soon as it exists (so the
-    caller can close what was built if a later one fails)."""
+    caller can close what was built if a later one fails). Loggers only on rank 0."""
 
     def make(kind: str, cls: type[Plugin], options: Any) -> Any:
         plugin = _construct(kind, cls, options, ctx)
@@ -327,8 +349,9 @@ def _construct_roles(p: Plan, ctx: PluginContext, built: list[Plugin]) -> Roles:
     sampler = make("sampler", *p.sampler)
     verifiers = {d: make("verifier", c, o) for d, (c, o) in p.verifiers.items()}
     curriculum = make("curriculum", *p.curriculum)
-    loggers = [make("logger", c, o) for c, o, _ in p.loggers]
-    fatal = {i for i, (_, _, f) in enumerate(p.loggers) if f}
+    chosen = p.loggers if with_loggers else []
+    loggers = [make("logger", c, o) for c, o, _ in chosen]
+    fatal = {i for i, (_, _, f) in enumerate(chosen) if f}
     return Roles(sampler, verifiers, curriculum, loggers, fatal)
 
 
@@ -370,9 +393,23 @@ def _restore(kernel: Kernel, ckpt: Path, state: dict[str, Any], history: Any) ->
                 f"{ckpt}: the history store committed up to step {have}, the checkpoint "
                 f"needs step {want}"
             )
-    gone = kernel.checkpoints.discard_after(step) if kernel.checkpoints is not None else []
-    dropped = _rewind_history(history, state.get("history"), ckpt)
-    load_weights(kernel.policy.model, ckpt / "model")
+    dist = kernel.dist
+    sharded = (ckpt / SHARDED).is_dir()
+    if sharded != dist.active:
+        saved_by = "a data-parallel (torchrun) run" if sharded else "a one-process run"
+        raise CheckpointError(
+            f"{ckpt}: saved by {saved_by}; resume it the same way"
+            + (" (torchrun --nproc-per-node N ... or srpo run --nproc N)" if sharded else "")
+        )
+    gone, dropped = [], 0
+    if dist.is_main:
+        gone = kernel.checkpoints.discard_after(step) if kernel.checkpoints is not None else []
+        dropped = _rewind_history(history, state.get("history"), ckpt)
+    dist.barrier()
+    if dist.active:
+        kernel.policy.load_sharded(ckpt / SHARDED)
+    else:
+        load_weights(kernel.policy.model, ckpt / "model")
     sync_sampler(kernel.roles.sampler, kernel.policy)  # an engine with its own copy reloads
     kernel.policy.load_state_dict(state["policy"])
     kernel.load_state_dict(state["kernel"])
@@ -381,7 +418,7 @@ def _restore(kernel: Kernel, ckpt: Path, state: dict[str, Any], history: Any) ->
     set_rng_state(state["rng"])
     c = kernel.counters
     extra = f"; discarded newer checkpoints {', '.join(g.name for g in gone)}" if gone else ""
-    print(
+    say(
         f"srpo: resuming from {ckpt} (step {c.step}, epoch {c.epoch}); dropped {dropped} "
         f"history records after it{extra}"
     )

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from srpo.distributed import Dist, say
 from srpo.durable import fsync_path
 from srpo.errors import SrpoError
 from srpo.kernel.signals import fault_point
@@ -40,6 +41,7 @@ CKPT_DIR = "checkpoints"
 COMPLETE = "COMPLETE"
 STATE = "state.pt"
 MODEL = "model"
+SHARDED = "sharded"  # data-parallel runs: torch.distributed.checkpoint of weights + optimizer
 LATEST = "latest"
 PREFIX = "step-"
 LOCATION_KEYS = frozenset({"run.output_dir"})
@@ -184,7 +186,7 @@ def resolve_resume(target: str, run_dir: Path) -> Path:
             "to save periodically, or pass --overwrite to start the run again"
         )
     for s in skipped:
-        print(f"srpo: skipping checkpoint {s}")
+        say(f"srpo: skipping checkpoint {s}")
     return path
 
 
@@ -301,22 +303,43 @@ def _quietly(fn: Any, *args: Any) -> None:
 class CheckpointManager:
     """Writes checkpoints of one run directory atomically and keeps the newest ``keep``."""
 
-    def __init__(self, run_dir: Path, keep: int = 2) -> None:
+    def __init__(self, run_dir: Path, keep: int = 2, dist: Dist | None = None) -> None:
         self.root = run_dir / CKPT_DIR
         self.keep = max(1, keep)
         self.last_step: int | None = None  # newest step written by (or resumed into) this run
+        self.dist = dist if dist is not None else Dist.local()
 
     def save(self, step: int, policy: Any, state: dict[str, Any]) -> Path:
-        """Publish a checkpoint of ``step``: HF weights from ``policy`` + ``state`` (pickled)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._clean_temporaries()
+        """Publish a checkpoint of ``step``: HF weights from ``policy`` + ``state`` (pickled).
+
+        Data-parallel (every rank calls it): each rank writes its shard of the weights and
+        optimizer state with ``torch.distributed.checkpoint`` into ``sharded/``, rank 0
+        the HF export of the full weights, ``state.pt`` and the manifest, and publishes
+        the directory once every rank's shard is on disk (the run directory must be on a
+        file system all ranks share)."""
+        d = self.dist
         final = self.root / f"{PREFIX}{step:06d}"
-        tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        # one name on every rank (a pid would differ); stale ones are cleaned on rank 0
+        tmp = self.root / (f".tmp-{final.name}" if d.active else f".tmp-{final.name}-{os.getpid()}")
+        if d.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._clean_temporaries()
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        d.barrier()
+        if d.active:
+            policy.save_sharded(tmp / SHARDED)
         _quietly(policy.save_pretrained, tmp / MODEL)
         fault_point("checkpoint_write")
+        d.barrier()  # every shard written before rank 0 checksums and publishes
+        if d.is_main:
+            self._publish(step, tmp, final, state)
+        d.barrier()
+        self.last_step = step
+        return final
+
+    def _publish(self, step: int, tmp: Path, final: Path, state: dict[str, Any]) -> None:
         torch.save({"format": FORMAT, **state}, tmp / STATE)
         files = {}
         for p in _files(tmp):
@@ -335,9 +358,7 @@ class CheckpointManager:
         fsync_path(self.root)
         fault_point("checkpoint_latest")
         write_text_atomic(self.root / LATEST, final.name + "\n")
-        self.last_step = step
         self.prune()
-        return final
 
     def prune(self) -> None:
         """Keep the newest ``keep`` complete checkpoints; never the newest complete one."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from srpo import events as ev
 from srpo.api import warn
+from srpo.distributed import Dist
 from srpo.kernel.checkpoint import rng_state
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ class Checkpointing:
 
     roles: Roles
     policy: Any
+    dist: Dist
     config: Mapping[str, Any]
     counters: Counters
     history: Any
@@ -53,7 +55,11 @@ class Checkpointing:
         loggers, and let the error propagate (it names the plugin)."""
         where = None
         try:
-            if self._phase == "complete":
+            if self.dist.active:
+                # a peer may be gone, and a sharded save is a collective: resume from the
+                # last checkpoint every rank wrote
+                where = self.checkpoints.last_step if self.checkpoints is not None else None
+            elif self._phase == "complete":
                 where = self.save_checkpoint(final=True)
             elif self._phase == "clean" and self._snapshot is not None:
                 where = self.save_checkpoint(final=True, snapshot=self._snapshot)

@@ -24,13 +24,15 @@ import torch
 from srpo import algo
 from srpo import events as ev
 from srpo.api import HistoryReader, Prompt, RolloutBatch, Scores
+from srpo.distributed import Dist
 from srpo.errors import PluginError
 from srpo.kernel.checkpoint import CheckpointManager
 from srpo.kernel.checkpointing import Checkpointing, Counters
 from srpo.kernel.metrics import rollout_metrics
-from srpo.kernel.roles import EventDispatch, Roles, sync_sampler
+from srpo.kernel.roles import EventDispatch, Roles, sync_sampler, takes_seeds
 from srpo.kernel.signals import fault_point
 from srpo.kernel.verify import evaluate_sets, verify_batch
+from srpo.seeding import prompt_seeds
 
 
 class HistoryHook(Protocol):
@@ -89,8 +91,14 @@ class Kernel(Checkpointing):
         history: HistoryHook | None = None,
         open_reader: OpenReader | None = None,
         checkpoints: CheckpointManager | None = None,
+        dist: Dist | None = None,
     ) -> None:
         self.roles, self.policy, self.s = roles, policy, settings
+        # Data-parallel runs: rank 0 decides (curriculum) and writes (history, loggers);
+        # every rank generates and verifies its share of a step's prompts, then all hold the
+        # whole batch. One process is the same code with collectives that return at once.
+        self.dist = dist if dist is not None else Dist.local()
+        self._seeded = takes_seeds(roles.sampler)
         self.run_dir, self.config, self.eval_sets = run_dir, config, eval_sets
         self.history, self.open_reader = history, open_reader
         self.counters = Counters()
@@ -98,6 +106,7 @@ class Kernel(Checkpointing):
         self._applied_stage: int | None = None
         self._overridden = False  # whether some stage changed the run file's values
         self.stop_requested: str | None = None
+        self._stopped = False  # the last stop decision every rank agreed on
         self.last_eval: dict[str, float] = {}
         self.first_eval: dict[str, float] = {}
         self.checkpoints = checkpoints
@@ -142,7 +151,7 @@ class Kernel(Checkpointing):
         c = self.counters
         try:
             self.emit(ev.RunStart(self.run_dir, self.config, self.total_steps(), c.step))
-            if c.step == 0 and not self.stop_requested:  # a resumed run is past it (step > 0)
+            if c.step == 0 and not self._stopping():  # a resumed run is past it (step > 0)
                 self.first_eval = self.evaluate("before")
             self._loop()
         except Exception as e:
@@ -166,21 +175,34 @@ class Kernel(Checkpointing):
 
     def _loop(self) -> None:
         c = self.counters
-        while c.epoch < self.s.epochs and not self._done() and not self.stop_requested:
+        while c.epoch < self.s.epochs and not self._done() and not self._stopping():
             if not c.epoch_started:
                 self._begin_epoch()
             self._apply_stage_overrides()  # no-op unless resumed into a stage
-            while not self._done() and not self.stop_requested:
+            while not self._done() and not self._stopping():
                 if not self.step():
                     break
-            if self.stop_requested or self._done():  # the step budget ends the run
+            if self._stopped or self._done():  # the step budget ends the run
                 return
             self._end_epoch()
+
+    def _stopping(self) -> bool:
+        """Whether to stop before the next step: a stop requested on any rank (a signal, a
+        failed logger on rank 0) stops every rank at the same point."""
+        agreed = self.dist.any(self.stop_requested)
+        # decide from the agreed value only: a signal landing after the exchange must not
+        # make this rank leave a loop the others stay in (it counts at the next exchange)
+        if agreed:
+            self.stop_requested = agreed
+        self._stopped = bool(agreed)
+        return self._stopped
 
     def _begin_epoch(self) -> None:
         c, cur = self.counters, self.roles.curriculum
         self._phase = "dirty"
-        cur.begin_epoch(c.epoch)
+        if self.dist.is_main:
+            cur.begin_epoch(c.epoch)
+        self._sync_curriculum()
         c.epoch_started = True
         self._apply_stage_overrides()
         self.emit(ev.EpochStart(c.epoch, cur.stage, cur.epoch_size()))
@@ -190,12 +212,27 @@ class Kernel(Checkpointing):
         c, cur = self.counters, self.roles.curriculum
         fault_point("epoch_end")
         self._phase = "dirty"
-        with self.open_reader() if self.open_reader else contextlib.nullcontext() as reader:
-            report = dict(cur.end_epoch(c.epoch, reader))
+
+        def end_epoch() -> dict[str, Any]:
+            with self.open_reader() if self.open_reader else contextlib.nullcontext() as reader:
+                return dict(cur.end_epoch(c.epoch, reader))
+
+        report = self.dist.decide(end_epoch)  # the store is rank 0's
+        self._sync_curriculum()
         self.emit(ev.EpochEnd(c.epoch, report))
         c.epoch += 1
         c.epoch_started = False
         self._phase = "complete"
+
+    def _sync_curriculum(self) -> None:
+        """Other ranks take rank 0's curriculum state after each of its decisions, so
+        ``stage``, ``overrides()`` and ``epoch_size()`` read the same everywhere."""
+        if not self.dist.active:
+            return
+        cur = self.roles.curriculum
+        state = self.dist.decide(cur.state_dict)
+        if not self.dist.is_main:
+            cur.load_state_dict(state)
 
     def _apply_stage_overrides(self) -> None:
         """Hand the curriculum's per-stage ``algorithm``/``sampler`` overrides to the roles
@@ -261,16 +298,17 @@ class Kernel(Checkpointing):
         parts: list[tuple[RolloutBatch, Scores]] = []
         kept_groups, rounds, generated = 0, 0, 0
         while rounds < max(1, cur.max_generation_rounds):
-            prompts = cur.next_prompts(self.s.prompts_per_step - kept_groups)
+            want = self.s.prompts_per_step - kept_groups
+            prompts = self.dist.decide(lambda: cur.next_prompts(want))  # noqa: B023
             if not prompts:
                 break
             if rounds == 0:
                 self.emit(ev.StepStart(self.counters.step, self.counters.epoch))
             rounds += 1
-            batch, scores = self._rollouts(prompts, timing)
+            batch, scores = self._rollouts(prompts, timing, rounds - 1)
             generated += batch.num_rollouts
             self._record_history(batch, scores, timing)
-            keep = cur.accept_groups(batch, scores)
+            keep = self.dist.decide(lambda: cur.accept_groups(batch, scores))  # noqa: B023
             if keep is not None:
                 rows = keep.to(torch.bool)[batch.group]
                 batch, scores = batch.select_groups(keep), scores.select(rows)
@@ -285,11 +323,29 @@ class Kernel(Checkpointing):
         return _StepRollouts(batch, Scores.concat([s for _, s in parts]), rounds, generated)
 
     def _rollouts(
-        self, prompts: list[Prompt], timing: dict[str, float]
+        self, prompts: list[Prompt], timing: dict[str, float], round_: int = 0
+    ) -> tuple[RolloutBatch, Scores]:
+        """Rollouts and scores of ``prompts`` (the whole step's, on every rank): this rank
+        generates and verifies its share, then the shares are gathered in order."""
+        share = self.dist.shard(len(prompts))
+        seeds = prompt_seeds(self.s.seed, self.counters.step, round_, len(prompts))
+        batch, scores = self._rollouts_of(
+            [prompts[i] for i in share], [seeds[i] for i in share], timing
+        )
+        if self.dist.active:
+            parts = self.dist.all_gather((batch, scores))
+            pad = int(self.policy.tokenizer.pad_token_id)
+            batch = RolloutBatch.concat([b for b, _ in parts], pad)
+            scores = Scores.concat([sc for _, sc in parts])
+        return batch, scores
+
+    def _rollouts_of(
+        self, prompts: list[Prompt], seeds: list[int], timing: dict[str, float]
     ) -> tuple[RolloutBatch, Scores]:
         t = time.perf_counter()
+        extra = {"seeds": seeds} if self._seeded else {}
         try:
-            batch = self.roles.sampler.generate(prompts, self.s.group_size)
+            batch = self.roles.sampler.generate(prompts, self.s.group_size, **extra)
         except Exception as e:
             raise PluginError(
                 f"sampler {type(self.roles.sampler).__name__} failed: {type(e).__name__}: {e}"
@@ -377,7 +433,9 @@ class Kernel(Checkpointing):
 
     def _finish_step(self, metrics: dict[str, float]) -> None:
         c = self.counters
-        self.roles.curriculum.observe(metrics)
+        if self.dist.is_main:
+            self.roles.curriculum.observe(metrics)
+        self._sync_curriculum()
         c.step += 1
         if self.s.eval_every and c.step % self.s.eval_every == 0 and not self._done():
             self.evaluate("during")
@@ -392,6 +450,6 @@ class Kernel(Checkpointing):
         """Greedy accuracy on the held-out sets, per domain and overall."""
         if not self.eval_sets:
             return {}
-        metrics = evaluate_sets(self.roles.sampler, self.roles.verifiers, self.eval_sets)
+        metrics = evaluate_sets(self.roles.sampler, self.roles.verifiers, self.eval_sets, self.dist)
         self.emit(ev.Evaluation(self.counters.step, label, metrics))
         return metrics

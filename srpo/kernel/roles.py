@@ -3,6 +3,7 @@ once: deliver events to the loggers, and close everything at the end."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,16 @@ def sync_sampler(sampler: Sampler, policy: PolicyHandle) -> dict[str, float]:
         name = type(sampler).__name__
         raise PluginError(f"sampler {name} failed to sync: {type(e).__name__}: {e}") from e
     return {k: float(v) for k, v in (got or {}).items()}
+
+
+def takes_seeds(sampler: Any) -> bool:
+    """Whether the sampler's ``generate`` accepts ``seeds=`` (third-party samplers written
+    before it existed do not; they sample from their own RNG)."""
+    try:
+        params = inspect.signature(sampler.generate).parameters
+    except (TypeError, ValueError):
+        return False
+    return "seeds" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 class EventDispatch:

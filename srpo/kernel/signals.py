@@ -34,11 +34,15 @@ def _parse_fault(spec: str | None) -> tuple[str, int] | None:
 
 
 _FAULT = _parse_fault(os.environ.get("SRPO_FAULT_AT"))
+_FAULT_RANK = os.environ.get("SRPO_FAULT_RANK")
 
 
 def fault_point(name: str) -> None:
-    """SIGKILL this process here if ``SRPO_FAULT_AT`` names this point (tests only)."""
+    """SIGKILL this process here if ``SRPO_FAULT_AT`` names this point (tests only); in a
+    data-parallel job only rank ``SRPO_FAULT_RANK`` does, when that is set."""
     if _FAULT is None or _FAULT[0] != name:
+        return
+    if _FAULT_RANK is not None and os.environ.get("RANK", "0") != _FAULT_RANK:
         return
     _FAULT_SEEN[name] = _FAULT_SEEN.get(name, 0) + 1
     if _FAULT_SEEN[name] >= _FAULT[1]:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from srpo.api import PluginError, Prompt, RolloutBatch, Sampler, Score, Scores, Verifier
+from srpo.distributed import Dist
 
 
 def verify_batch(verifiers: Mapping[str, Verifier], batch: RolloutBatch) -> Scores:
@@ -43,17 +44,25 @@ def _score_domain(verifier: Verifier, batch: RolloutBatch, rows: list[int]) -> l
 
 
 def evaluate_sets(
-    sampler: Sampler, verifiers: Mapping[str, Verifier], eval_sets: Mapping[str, Sequence[Prompt]]
+    sampler: Sampler,
+    verifiers: Mapping[str, Verifier],
+    eval_sets: Mapping[str, Sequence[Prompt]],
+    dist: Dist | None = None,
 ) -> dict[str, float]:
-    """Greedy accuracy and mean response length on held-out sets, per domain and overall."""
+    """Greedy accuracy and mean response length on held-out sets, per domain and overall.
+    Data-parallel: each rank evaluates its share of every set; the counts are gathered."""
+    dist = dist if dist is not None else Dist.local()
     metrics: dict[str, float] = {}
     correct = total = 0
     for domain, prompts in eval_sets.items():
-        batch = sampler.generate(prompts, 1, greedy=True)
+        share = [prompts[i] for i in dist.shard(len(prompts))]
+        batch = sampler.generate(share, 1, greedy=True)
         scores = verify_batch(verifiers, batch)
-        metrics[f"accuracy/{domain}"] = float(scores.correct.float().mean()) if prompts else 0.0
-        metrics[f"response_length/{domain}"] = float(batch.lengths.float().mean())
-        correct += int(scores.correct.sum())
-        total += len(prompts)
+        mine = (int(scores.correct.sum()), int(batch.lengths.sum()), len(share))
+        ok, length, n = (sum(x) for x in zip(*dist.all_gather(mine), strict=True))
+        metrics[f"accuracy/{domain}"] = ok / n if n else 0.0
+        metrics[f"response_length/{domain}"] = length / n if n else float("nan")
+        correct += ok
+        total += n
     metrics["accuracy"] = correct / max(total, 1)
     return metrics

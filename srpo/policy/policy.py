@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,9 @@ from transformers.utils import logging as hf_logging
 from srpo.algo import ADVANTAGES, LossConfig, correction_weights, make_loss_fn
 from srpo.api import validate_override, warn
 from srpo.config import AlgorithmSection, PolicySection
+from srpo.distributed import Dist
+from srpo.distributed.fsdp import FUSED_METHOD, copy_full_weights, is_sharded, shard_model
+from srpo.distributed.fsdp import iter_full_weights as _iter_full_weights
 from srpo.errors import PluginError, SrpoError
 from srpo.ops import linear_logprobs
 from srpo.types import RolloutBatch, Scores, left_pad
@@ -83,13 +86,23 @@ class _UpdateStats:
             self.sums[k] = self.sums.get(k, 0.0) + v * weight
             self.weights[k] = self.weights.get(k, 0.0) + weight
 
-    def result(self) -> dict[str, float]:
+    def result(self, dist: Dist | None = None) -> dict[str, float]:
+        """The stats of the whole update: sums and weights of every rank's micro-batches
+        added up (gathered as host numbers: ranks may hold different keys)."""
         on_device = [k for k, v in self.sums.items() if isinstance(v, torch.Tensor)]
         host = dict(self.sums)
         if on_device:  # one device-to-host copy for all stats
             values = torch.stack([self.sums[k] for k in on_device]).tolist()
             host.update(zip(on_device, values, strict=True))
-        return {k: v / self.weights[k] if k in self.weights else v for k, v in host.items()}
+        sums, weights = {k: float(v) for k, v in host.items()}, dict(self.weights)
+        if dist is not None and dist.active:
+            sums, weights = {}, {}
+            for rank_sums, rank_weights in dist.all_gather((host, self.weights)):
+                for k, v in rank_sums.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                for k, w in rank_weights.items():
+                    weights[k] = weights.get(k, 0.0) + float(w)
+        return {k: v / weights[k] if k in weights else v for k, v in sums.items()}
 
 
 def _eager_logprobs(
@@ -123,6 +136,41 @@ def _unfusable_head(model: Any) -> str | None:
     return None
 
 
+def _tied_aliases(model: Any) -> list[str]:
+    """State-dict names that repeat a tensor seen under an earlier name (a tied LM head)."""
+    seen: set[int] = set()
+    out = []
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in seen:
+            out.append(name)
+        seen.add(id(t))
+    return out
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's global value (FSDP2 reductions return them); other tensors as they are."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _fused_forward(
+    model: Any,
+    inp: dict[str, Any],
+    prompt_len: int,
+    T: int,
+    targets: torch.Tensor,
+    real: torch.Tensor,
+    temperature: float,
+    with_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder hidden states at the response positions through the fused LM-head op, for
+    the real (unpadded) response tokens only. A function of the model so that FSDP2 can run
+    it as a forward method (``srpo.distributed.fsdp.shard_model``)."""
+    hidden = model.get_decoder()(**inp, use_cache=False).last_hidden_state
+    hidden = hidden[:, prompt_len - 1 : prompt_len - 1 + T]
+    head = model.get_output_embeddings().weight
+    return linear_logprobs(hidden[real], head, targets[real], temperature, with_entropy)
+
+
 def _flat_micro_stats(m_host: torch.Tensor) -> dict[str, Any]:
     """The loss stats a micro-batch of zero-advantage groups would report, known without
     running it (loss and clip shares 0); approx_kl, entropy, the behaviour gap and the
@@ -151,8 +199,11 @@ class Policy:
         total_steps: int,
         loss_fn: Callable[..., Any] | None = None,
         device: str = "cpu",
+        dist: Dist | None = None,
+        keep_replica: bool = False,
     ) -> None:
         self.cfg, self.device = cfg, torch.device(device)
+        self.dist = dist if dist is not None else Dist.local()
         self.model_dir, self.dtype = Path(model_dir), cfg.dtype  # for engines with a copy
         self.model, self.tokenizer = load_model_dir(model_dir, cfg.dtype)
         self.model.to(self.device)
@@ -172,6 +223,14 @@ class Policy:
         self.algo = algo
         self.loss_config = LossConfig.from_options(algo)
         self.ref_model = self._load_reference() if algo.kl_coef > 0 else None
+        # Sharded runs: a full copy to generate with when the sampler uses the policy's own
+        # model (made before sharding; refreshed after every update), then FSDP2.
+        self._replica: Any = None
+        if self.dist.active:
+            if keep_replica:
+                self._replica = copy.deepcopy(self.model).eval().requires_grad_(False)
+            mixed = DTYPES[cfg.dtype] if self.device.type == "cuda" else None
+            shard_model(self.model, _fused_forward, param_dtype=mixed)
         opt = cfg.optimizer
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
@@ -267,13 +326,13 @@ class Policy:
         if head is None:
             logits = model(**inp, use_cache=False).logits[:, lp - 1 : lp - 1 + T].float()
             return _eager_logprobs(logits, targets, batch.temperature, with_entropy)
-        hidden = model.get_decoder()(**inp, use_cache=False).last_hidden_state
-        hidden = hidden[:, lp - 1 : lp - 1 + T]
         # only real response tokens go through the LM head: padding costs nothing
         real = batch.response_mask[rows].to(self.device)
-        logp_real, ent_real = linear_logprobs(
-            hidden[real], head, targets[real], batch.temperature, with_entropy
-        )
+        args = (inp, lp, T, targets, real, batch.temperature, with_entropy)
+        if is_sharded(model):  # inside FSDP's forward: the LM head is gathered there
+            logp_real, ent_real = getattr(model, FUSED_METHOD)(*args)
+        else:
+            logp_real, ent_real = _fused_forward(model, *args)
         logp = torch.zeros(real.shape, dtype=logp_real.dtype, device=self.device)
         logp = logp.masked_scatter(real, logp_real)
         entropy = None
@@ -337,14 +396,16 @@ class Policy:
         self.model.train()
         mask = batch.response_mask if loss_mask is None else loss_mask
         minis = self._mini_batches(batch)
+        mine = [g for m in minis for g in self._my_groups(m)]  # every group, in one process
         reuse_logp = self.cfg.ppo_epochs == 1 and len(minis) == 1
-        old_logp = None if reuse_logp else self._old_logprobs(batch)
-        ref_logp = self._logprobs_all(self.ref_model, batch) if self.ref_model else None
+        old_logp = None if reuse_logp else self._old_logprobs(batch, mine)
+        ref_logp = self._logprobs_all(self.ref_model, batch, mine) if self.ref_model else None
         stats = _UpdateStats()
         for _ in range(self.cfg.ppo_epochs):
             for groups in minis:
                 self._optimizer_step(batch, scores, mask, groups, old_logp, ref_logp, stats)
-        metrics = stats.result()
+        metrics = stats.result(self.dist)
+        self._refresh_replica()
         skipped = metrics.pop("skipped_tokens", 0.0)
         metrics["skipped_token_frac"] = skipped / max(metrics.get("tokens", 0.0), 1.0)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
@@ -368,18 +429,26 @@ class Policy:
         A micro-batch whose groups all have zero advantage, under a loss where that means a
         zero gradient, is not run at all: its tokens still count in the shares, and the
         gradient (hence the step) is bit-identical to running it.
+
+        Data-parallel: every rank holds the whole batch and takes its share of the
+        mini-batch's groups; shares are of the *global* token (sequence) count, and FSDP sums
+        the ranks' gradients, so N ranks step exactly as one process. Ranks run the same
+        number of forward/backward passes (FSDP's collectives pair up): one with fewer
+        micro-batches to run adds idle ones that contribute a zero gradient.
         """
         flat = self._flat_groups(batch, scores, groups)
+        seq_level = self.loss_config.aggregation != "token-mean"
+        rows_all = torch.cat([(batch.group == g).nonzero().flatten() for g in groups])
+        denom = float((mask[rows_all].any(1) if seq_level else mask[rows_all]).sum())
+        mine = self._my_groups(groups)
         # informative groups first, flat ones in micro-batches of their own (skipped below
         # when that is exact); the same order with or without skipping, so both give the
         # same micro-batches and the same floating-point sums
-        micro = self._micro_batches(batch, [g for g in groups if g not in flat])
-        micro += self._micro_batches(batch, [g for g in groups if g in flat])
-        seq_level = self.loss_config.aggregation != "token-mean"
-        rows_all = torch.cat(micro)
-        denom = float((mask[rows_all].any(1) if seq_level else mask[rows_all]).sum())
+        micro = self._micro_batches(batch, [g for g in mine if g not in flat])
+        micro += self._micro_batches(batch, [g for g in mine if g in flat])
+        will_run = sum(not self._no_gradient(batch, scores, rows) for rows in micro)
+        runs = self.dist.all_max(will_run)
         self.optimizer.zero_grad(set_to_none=True)
-        ran = False
         for rows in micro:
             m_host = mask[rows]
             tokens = max(float(m_host.sum()), 1.0)
@@ -388,10 +457,12 @@ class Policy:
                 stats.add({"skipped_tokens": float(m_host.sum())}, 0.0)
                 continue
             share = float((m_host.any(1) if seq_level else m_host).sum()) / max(denom, 1.0)
+            share *= self.dist.world_size  # FSDP averages the ranks' gradients: undo it
             micro_stats = self._micro_step(batch, scores, rows, m_host, old_logp, ref_logp, share)
             stats.add(micro_stats, tokens)
-            ran = True
-        if not ran:  # what backward of an all-zero loss leaves: zero gradients, still a step
+        for _ in range(runs - will_run):
+            self._idle_micro_step(batch)
+        if runs == 0:  # what backward of an all-zero loss leaves: zero gradients, still a step
             for p in self.model.parameters():
                 if p.requires_grad:
                     p.grad = torch.zeros_like(p)
@@ -469,8 +540,9 @@ class Policy:
             norm = torch.nn.utils.clip_grad_norm_(params, clip)
         else:
             norm = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(p.grad) for p in params])
+                torch.stack([_full(torch.linalg.vector_norm(p.grad)) for p in params])
             )
+        norm = _full(norm)  # a sharded model's norm is a DTensor: the global value
         if not torch.isfinite(norm):
             self.optimizer.zero_grad(set_to_none=True)  # skip a poisoned step, keep weights
         else:
@@ -478,30 +550,119 @@ class Policy:
         self.scheduler.step()
         return float(norm)
 
+    def _my_groups(self, groups: list[int]) -> list[int]:
+        """This rank's share of ``groups`` (all of them in one process)."""
+        return [groups[i] for i in self.dist.shard(len(groups))]
+
+    def _idle_micro_step(self, batch: RolloutBatch) -> None:
+        """A forward/backward that changes no gradient, so this rank joins FSDP's
+        collectives of a micro-batch it does not have (one row, loss times zero)."""
+        logp, _ = self.response_logprobs(self.model, batch, torch.tensor([0]))
+        (logp.sum() * 0.0).backward()
+
     @torch.no_grad()
-    def _logprobs_all(self, model: Any, batch: RolloutBatch) -> torch.Tensor:
+    def _logprobs_all(
+        self, model: Any, batch: RolloutBatch, groups: list[int] | None = None
+    ) -> torch.Tensor:
+        """Log-probs of the rows of ``groups`` (default: all) under ``model``, zero elsewhere.
+        A sharded model runs as many forwards on every rank (idle ones to fill up)."""
         out = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=self.device)
-        for rows in self._micro_batches(batch, list(range(len(batch.prompts)))):
+        groups = list(range(len(batch.prompts))) if groups is None else groups
+        micro = self._micro_batches(batch, groups)
+        for rows in micro:
             out[rows] = self.response_logprobs(model, batch, rows)[0]
+        if is_sharded(model):
+            for _ in range(self.dist.all_max(len(micro)) - len(micro)):
+                self.response_logprobs(model, batch, torch.tensor([0]))
         return out
 
-    def _old_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+    def _old_logprobs(self, batch: RolloutBatch, groups: list[int] | None = None) -> torch.Tensor:
         self.model.eval()
-        out = self._logprobs_all(self.model, batch)
+        out = self._logprobs_all(self.model, batch, groups)
         self.model.train()
         return out
+
+    # -- the weights samplers see ----------------------------------------------------------
+
+    @property
+    def generation_model(self) -> Any:
+        """A full model with the current weights to generate with: the trainer's own in one
+        process, the replica in a sharded run (``keep_replica``)."""
+        if not self.dist.active:
+            return self.model
+        if self._replica is None:
+            raise SrpoError(
+                "this sampler generates with the policy's model, which is sharded in a "
+                "data-parallel run; its class must set generates_with_policy_model = True "
+                "so the policy keeps a full replica for it"
+            )
+        return self._replica
+
+    def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, full tensor) per parameter and buffer, gathered one at a time in a sharded
+        run (every rank must consume it to the end); the model's own tensors otherwise."""
+        if is_sharded(self.model):
+            return _iter_full_weights(self.model)
+        return iter(self.model.state_dict().items())
+
+    def _refresh_replica(self) -> None:
+        if self._replica is not None:
+            copy_full_weights(self.model, self._replica)
 
     # -- state -----------------------------------------------------------------------------
 
     def save_pretrained(self, path: Path) -> None:
-        """HF format (safetensors + config + tokenizer)."""
-        self.model.save_pretrained(path, safe_serialization=True)
-        self.tokenizer.save_pretrained(path)
+        """HF format (safetensors + config + tokenizer). Sharded: every rank calls it (the
+        full weights are gathered to rank 0, on the CPU), rank 0 writes."""
+        if not is_sharded(self.model):
+            self.model.save_pretrained(path, safe_serialization=True)
+            self.tokenizer.save_pretrained(path)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        if self.dist.is_main:
+            for alias in _tied_aliases(self.model):  # one copy of tied weights, as HF saves
+                full.pop(alias, None)
+            self.model.save_pretrained(path, state_dict=full, safe_serialization=True)
+            self.tokenizer.save_pretrained(path)
+
+    def save_sharded(self, path: Path) -> None:
+        """Weights and optimizer state with ``torch.distributed.checkpoint``: each rank
+        writes its own shard (collective; a sharded run only)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path))
+
+    def load_sharded(self, path: Path) -> None:
+        """Read what ``save_sharded`` wrote (also from another number of ranks: DCP
+        reshards), into the sharded model and optimizer in place."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=str(path))
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+        )
+        self._refresh_replica()
 
     def state_dict(self) -> dict[str, Any]:
-        """Optimizer and scheduler state (the weights are saved in HF format separately)."""
+        """Optimizer and scheduler state (the weights are saved in HF format separately; a
+        sharded run saves the optimizer with the weights, see ``save_sharded``)."""
+        if is_sharded(self.model):
+            return {"scheduler": self.scheduler.state_dict()}
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -25,7 +25,7 @@ class FlakySampler(HFSampler):
         super().__init__(options, context)
         self.calls = 0
 
-    def generate(self, prompts, n, *, greedy=False):  # type: ignore[no-untyped-def]
+    def generate(self, prompts, n, *, greedy=False, seeds=None):  # type: ignore[no-untyped-def]
         if not greedy:
             self.calls += 1
             if self.calls == _at("FLAKY_SAMPLER_FAIL_AT"):

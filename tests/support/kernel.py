@@ -49,7 +49,7 @@ def fake_scores(batch: RolloutBatch) -> Scores:
 
 
 class FakeSampler(Sampler):
-    def generate(self, prompts, n, *, greedy=False):
+    def generate(self, prompts, n, *, greedy=False, seeds=None):
         return fake_batch(list(prompts), n)
 
 

@@ -41,6 +41,7 @@ from srpo.api import (
     RolloutBatch,
     Sampler,
     StateDict,
+    splitmix64,
 )
 
 
@@ -147,16 +148,29 @@ class VLLMSampler(Sampler):
         )
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Prompt], n: int, *, greedy: bool = False) -> RolloutBatch:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        n: int,
+        *,
+        greedy: bool = False,
+        seeds: Sequence[int] | None = None,
+    ) -> RolloutBatch:
         from vllm.inputs import TokensPrompt
 
         policy = self.context.policy
         assert policy is not None
         prompt_ids = [policy.encode_prompt(p.chat) for p in prompts]
-        base = (self.seed * 1_000_003 + self.calls * 7_919) % 2**31
+        if seeds is None:  # our own: from (run seed, calls so far, prompt index)
+            base = (self.seed * 1_000_003 + self.calls * 7_919) % 2**31
+            request_seeds = [(base + i) % 2**31 for i in range(len(prompts))]
+        else:  # the kernel's: prompt i's samples depend on seeds[i] only (data parallel)
+            if len(seeds) != len(prompts):
+                raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+            request_seeds = [splitmix64(int(x) & (2**64 - 1)) % 2**31 for x in seeds]
         self.calls += 1
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
-        params = [self._params(n, greedy, (base + i) % 2**31) for i in range(len(prompts))]
+        params = [self._params(n, greedy, seed) for seed in request_seeds]
         self._wake()
         outputs = self.llm.generate(requests, params, use_tqdm=False) if prompts else []
         if self.options.enable_sleep_mode:  # the policy trains next: give it the GPU memory
@@ -217,7 +231,7 @@ class VLLMSampler(Sampler):
         self._wake()
         try:
             run_with_deadline(
-                lambda: push_weights(self.llm, policy.model),
+                lambda: push_weights(self.llm, policy),
                 self.options.sync_timeout_s,
                 "weight sync",
             )

@@ -9,7 +9,7 @@ a fixed sequence with the policy's own: a stale engine fails it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -52,14 +52,24 @@ def run_with_deadline(fn: Callable[[], Any], timeout_s: float, what: str) -> Any
     return box.get("value")
 
 
-def push_weights(llm: Any, model: torch.nn.Module) -> None:
+def push_weights(llm: Any, policy: PolicyHandle) -> None:
     """The policy's weights into the engine's worker, in place: vLLM's ``reload_weights``
     runs the model's own ``load_weights`` (fusing q/k/v, gate/up as it does at load), so the
     names are the checkpoint's. The tied LM head is included (the state dict has it);
-    the model skips what it ties. The prefix cache holds KV of the old weights: reset."""
-    weights = [(name, t.detach()) for name, t in model.state_dict().items()]
-    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+    the model skips what it ties. In a sharded (FSDP) run the full weights are gathered one
+    parameter at a time as the engine consumes them, never the whole model at once. The
+    prefix cache holds KV of the old weights: reset."""
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": full_weights(policy)})
     llm.reset_prefix_cache()
+
+
+def full_weights(policy: PolicyHandle) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor) of every weight: the policy's own iterator when it has one (a
+    sharded policy gathers each as it is read), else its model's state dict."""
+    gather = getattr(policy, "full_weights", None)
+    if gather is not None:
+        return iter(gather())
+    return ((name, t.detach()) for name, t in policy.model.state_dict().items())
 
 
 def probe_tokens(policy: PolicyHandle) -> list[int]:

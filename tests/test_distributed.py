@@ -1,0 +1,229 @@
+"""Data-parallel training with real ``torchrun`` processes on gloo (CPU), tiny model.
+
+Each test starts real processes: ``srpo run`` (one process), ``torchrun --nproc-per-node 2
+-m srpo run`` (two ranks, FSDP2), two ``torchrun --nnodes 2`` "nodes" meeting through a
+c10d rendezvous on 127.0.0.1, and ``srpo run --nproc 2`` with rank 1 SIGKILLed mid-run.
+What must hold: every one of them trains the same model, step by step, as one process.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from srpo.kernel.checkpoint import list_checkpoints
+from tests.support import faults as harness
+
+pytestmark = [
+    pytest.mark.skipif(not (harness.MODEL / "config.json").exists(), reason="tiny model"),
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed"),
+]
+
+STEPS = 4
+REL = 1e-6  # the issue's bar for "the same update"
+ABS = 1e-7  # for values that are ~0 (a relative bar is meaningless there)
+
+
+def _config(out: Path) -> dict:
+    """Two epochs of 2 steps, 8 prompts × 4 rollouts per step, a checkpoint every step."""
+    return harness.small_config(out, steps_per_epoch=2, **{"run.max_steps": STEPS})
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return harness.env(SRPO_DIST_TIMEOUT_S="60", **extra)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def _check(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The HF export of the last checkpoint (what from_pretrained would load)."""
+    ckpt = run_dir / "checkpoints" / f"step-{STEPS:06d}" / "model"
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(ckpt.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def _close(a: float, b: float) -> bool:
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return abs(a - b) <= max(ABS, REL * max(abs(a), abs(b)))
+
+
+def assert_same_training(a: Path, b: Path) -> None:
+    """Per-step metrics (timings aside) and final weights equal within the bar."""
+    ma, mb = harness.comparable(harness.metrics(a)), harness.comparable(harness.metrics(b))
+    assert len(ma) == len(mb) and len(ma) > STEPS  # steps + evaluations + run end
+    for ra, rb in zip(ma, mb, strict=True):
+        assert ra.keys() == rb.keys(), (sorted(ra.keys() ^ rb.keys()), ra.get("event"))
+        for k in ra:
+            va, vb = ra[k], rb[k]
+            if isinstance(va, float) or isinstance(vb, float):
+                assert _close(float(va), float(vb)), (ra.get("event"), ra.get("step"), k, va, vb)
+            elif isinstance(va, dict):
+                for kk in va:
+                    assert _close(float(va[kk]), float(vb[kk])), (k, kk, va[kk], vb[kk])
+            else:
+                assert va == vb, (k, va, vb)
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        diff = (wa[name] - wb[name]).abs().max().item()
+        scale = max(wa[name].abs().max().item(), 1e-12)
+        assert diff <= REL * scale + ABS, (name, diff, scale)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("dist")
+
+
+@pytest.fixture(scope="module")
+def one_process(work) -> Path:
+    out = work / "one"
+    path = harness.write(_config(out), work / "one.yaml")
+    _check(harness.run(path, timeout=600))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_ranks(work) -> Path:
+    out = work / "two"
+    path = harness.write(_config(out), work / "two.yaml")
+    cmd = _torchrun("--nproc-per-node", "2", "-m", "srpo", "run", str(path))
+    _check(subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900))
+    return out
+
+
+def test_two_ranks_train_the_same_model_as_one_process(one_process, two_ranks):
+    assert_same_training(one_process, two_ranks)
+    # rank 0 alone wrote the history store and the loggers' files, with every rank's rollouts
+    ref = harness.history_records(one_process)
+    harness.check_history(two_ranks, ref)
+
+
+def test_the_hf_export_loads_with_from_pretrained(two_ranks):
+    from transformers import AutoModelForCausalLM
+
+    path = two_ranks / "checkpoints" / f"step-{STEPS:06d}" / "model"
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert (two_ranks / "checkpoints" / f"step-{STEPS:06d}" / "sharded" / ".metadata").exists()
+
+
+def test_two_nodes_through_c10d_rendezvous_match(work, one_process):
+    out = work / "nodes"
+    path = harness.write(_config(out), work / "nodes.yaml")
+    endpoint = f"127.0.0.1:{_free_port()}"
+    common = ("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d")
+    rdzv_id, run = ("--rdzv-id", "srpo-test"), str(path)
+    nodes = [
+        subprocess.Popen(
+            _torchrun(*common, "--rdzv-endpoint", endpoint, *rdzv_id, "-m", "srpo", "run", run),
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for node in nodes:
+        _, err = node.communicate(timeout=900)
+        assert node.returncode == 0, err[-3000:]
+    assert_same_training(one_process, out)
+
+
+def test_kill_9_of_rank_1_ends_the_job_and_resume_is_exact(work, two_ranks):
+    out = work / "killed"
+    path = harness.write(_config(out), work / "killed.yaml")
+    launcher = [sys.executable, "-m", "srpo", "run", str(path), "--nproc", "2"]
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        launcher,
+        env=_env(SRPO_FAULT_AT="update:3", SRPO_FAULT_RANK="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    took = time.monotonic() - t0
+    assert proc.returncode != 0
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("srpo: error: rank 1")]
+    assert len(lines) == 1 and "SIGKILL" in lines[0], proc.stderr[-3000:]
+    assert took < 300
+    steps = [s for s, _ in list_checkpoints(out)]
+    assert steps and max(steps) == 2  # the kill came in step 3's update
+    resumed = subprocess.run(
+        [*launcher, "--resume"], env=_env(), capture_output=True, text=True, timeout=900
+    )
+    _check(resumed)
+    assert "resuming from" in resumed.stdout
+    assert_same_training(two_ranks, out)
+
+
+def test_one_rank_per_process_env_is_the_plain_run(monkeypatch):
+    """WORLD_SIZE=1 under torchrun is a one-process run: no process group, no FSDP."""
+    from srpo.distributed import Dist, init_from_env
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert init_from_env("cpu") == Dist.local()
+
+
+def test_shard_splits_whole_groups_in_rank_order():
+    from srpo.distributed import Dist
+
+    for n in range(0, 11):
+        for world in (1, 2, 3, 4):
+            parts = [list(Dist(rank=r, world_size=world).shard(n)) for r in range(world)]
+            assert [i for p in parts for i in p] == list(range(n))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_launcher_options_are_not_passed_to_the_ranks():
+    from srpo.cli import _rank_argv
+
+    argv = ["run", "f.yaml", "--nproc", "2", "--set", "a.b=1", "--nnodes=1", "--resume"]
+    assert _rank_argv(argv) == ["run", "f.yaml", "--set", "a.b=1", "--resume"]
+
+
+def test_ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint(work):
+    out = work / "interrupted"
+    cfg = _config(out)
+    cfg["run"].update(max_steps=200, epochs=100)
+    path = harness.write(cfg, work / "interrupted.yaml")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "srpo", "run", str(path), "--nproc", "2"],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert harness.wait_for(out / "checkpoints" / "step-000002", proc, timeout=300)
+    proc.send_signal(signal.SIGINT)  # to the launcher only, as a terminal's Ctrl-C would be
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    end = harness.metrics(out)[-1]
+    assert end["kind"] == "end" and end["status"] == "interrupted"
+    assert max(s for s, _ in list_checkpoints(out)) == end["step"]
+    assert err.count("srpo: stopped by SIGINT") == 1  # said once, by rank 0
