@@ -94,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if owns_process:  # before the heavy imports: a Ctrl-C from here on is a clean 130
         exit_at_once_while_setting_up()
     from srpo.config import load_config
-    from srpo.distributed import shutdown
+    from srpo.distributed import describe_rank_failure, shutdown
     from srpo.errors import PluginError
     from srpo.kernel.build import build, close_roles
     from srpo.kernel.history_hook import open_history
@@ -126,6 +126,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                     kernel.history.close()
     except PluginError as e:
         return _fail(str(e), e.exit_code)
+    except Exception as e:
+        if not kernel.dist.active:
+            raise
+        return _fail(describe_rank_failure(e), 1)  # one line per rank, not N tracebacks
     finally:
         if status is not None:  # every rank got here: leave the job together
             shutdown(kernel.dist)

@@ -9,6 +9,7 @@ What must hold: every one of them trains the same model, step by step, as one pr
 from __future__ import annotations
 
 import math
+import os
 import signal
 import socket
 import subprocess
@@ -227,3 +228,32 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint(work):
     assert end["kind"] == "end" and end["status"] == "interrupted"
     assert max(s for s, _ in list_checkpoints(out)) == end["step"]
     assert err.count("srpo: stopped by SIGINT") == 1  # said once, by rank 0
+
+
+def test_a_plugin_failing_on_one_rank_stops_every_rank_with_one_line(work, tmp_path):
+    from tests.support.flaky_plugins import make_distribution
+
+    plugins = make_distribution(tmp_path / "dist")
+    out = work / "flaky"
+    cfg = _config(out)
+    cfg["sampler"]["name"] = "flaky"
+    path = harness.write(cfg, work / "flaky.yaml")
+    env = _env(
+        FLAKY_SAMPLER_FAIL_AT="3",
+        FLAKY_SAMPLER_RANK="1",
+        PYTHONPATH=os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")]),
+    )
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "srpo", "run", str(path), "--nproc", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert time.monotonic() - t0 < 300
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("srpo: error: rank 1")]
+    assert any("inference server went away" in x for x in errors), proc.stderr[-3000:]
+    assert max(s for s, _ in list_checkpoints(out)) == 2  # the failure came in step 3

@@ -250,3 +250,31 @@ def test_srpo_run_with_the_vllm_sampler_trains_resumes_and_stops_on_a_hung_sync(
     steps = metrics_of(out)
     assert [s["step"] for s in steps] == [0, 1]
     assert steps[1]["sync/probe_gap"] < LOGP_TOL and steps[1]["behaviour_logp_gap"] < LOGP_TOL
+
+
+@pytest.mark.slow
+def test_two_ranks_each_sync_their_engine_from_the_sharded_policy(tmp_path: Path):
+    """``srpo run --nproc 2``: each rank's engine gets the FSDP-sharded weights gathered one
+    parameter at a time, and the probe proves they arrived after every update."""
+    smollm2_model_dir()
+    out = tmp_path / "run"
+    run = srpo(
+        [
+            "run",
+            str(RUN_FILE),
+            "--nproc",
+            "2",
+            "--set",
+            "run.max_steps=2",
+            "--set",
+            "run.threads=1",
+        ],
+        out,
+        module="srpo",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    steps = metrics_of(out)
+    assert [s["step"] for s in steps] == [0, 1]
+    for s in steps:
+        assert s["sync/probe_gap"] < LOGP_TOL and s["behaviour_logp_gap"] < LOGP_TOL
+    assert (out / "checkpoints" / "step-000002" / "sharded").is_dir()

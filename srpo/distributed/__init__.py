@@ -162,3 +162,17 @@ def say(*parts: object) -> None:
     """``print`` on rank 0 only (set-up notes: once per job, not once per rank)."""
     if is_main_process():
         print(*parts)
+
+
+def describe_rank_failure(error: BaseException) -> str:
+    """One line for an error that ended this rank's part of a job. A collective that
+    failed because a peer is gone says so (the peer's own line says why it went)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    lost = isinstance(error, getattr(torch.distributed, "DistError", ())) or any(
+        k in text for k in ("Connection closed by peer", "Connection reset by peer", "timed out")
+    )
+    if lost:
+        note = text.split("; the checkpoint", 1)[1:]  # keep the kernel's resume note
+        tail = f"; the checkpoint{note[0]}" if note else ""
+        return f"lost contact with another rank (it failed or was killed){tail}"
+    return f"{type(error).__name__}: {text}"

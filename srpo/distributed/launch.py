@@ -89,28 +89,23 @@ def _forward_to_children(signum: int, frame: FrameType | None) -> None:
 
 
 def _report(error: object) -> int:
-    """One line per failed rank (the first one first), and the job's exit code: the ranks'
-    own code when they agree (130/143 after a signal, 2 for bad input), else 1."""
+    """The job's exit code: the ranks' own when they agree (130/143 after Ctrl-C, 2 for bad
+    input), else 1; and one line when a rank died without saying why (killed by a signal:
+    kill -9, the OOM killer), naming it."""
     failures = sorted(getattr(error, "failures", {}).items(), key=lambda kv: kv[1].timestamp)
     codes = {f.exitcode for _, f in failures}
-    if codes and codes <= {130, 143}:  # stopped by Ctrl-C/SIGTERM: the ranks said so
-        return max(codes)
-    first_rank, first = failures[0] if failures else (None, None)
-    if first is not None and first.exitcode < 0:
-        how = f"was killed by {first.signal_name()}"
-    elif first is not None:
-        how = f"exited with code {first.exitcode}"
-    else:
-        how = "failed"
+    if codes and min(codes) > 0:  # every rank exited by itself and said why in its line
+        return next(iter(codes)) if len(codes) == 1 else 1
+    killed = [(rank, f) for rank, f in failures if f.exitcode < 0]
+    if not killed:  # nothing the launcher knows more about than the ranks' own lines
+        return 1
+    rank, first = killed[0]
     others = len(failures) - 1
     tail = f" ({others} other rank(s) stopped with it)" if others > 0 else ""
-    resume = "" if codes == {2} else "; continue from the last checkpoint with --resume"
     print(
-        f"srpo: error: rank {first_rank} (pid {first.pid if first else '?'}) {how}; the job "
-        f"was stopped{tail}{resume}",
+        f"srpo: error: rank {rank} (pid {first.pid}) was killed by {first.signal_name()}; the "
+        f"job was stopped{tail}; continue from the last checkpoint with --resume",
         file=sys.stderr,
         flush=True,
     )
-    if len(codes) == 1 and next(iter(codes)) > 0:
-        return next(iter(codes))
     return 1

@@ -19,7 +19,8 @@ def _at(name: str) -> int:
 
 
 class FlakySampler(HFSampler):
-    """The hf sampler, raising at training generation number ``FLAKY_SAMPLER_FAIL_AT``."""
+    """The hf sampler, raising at training generation number ``FLAKY_SAMPLER_FAIL_AT`` (in a
+    data-parallel job only on rank ``FLAKY_SAMPLER_RANK``, when that is set)."""
 
     def __init__(self, options: Any, context: Any) -> None:
         super().__init__(options, context)
@@ -28,9 +29,11 @@ class FlakySampler(HFSampler):
     def generate(self, prompts, n, *, greedy=False, seeds=None):  # type: ignore[no-untyped-def]
         if not greedy:
             self.calls += 1
-            if self.calls == _at("FLAKY_SAMPLER_FAIL_AT"):
+            rank = os.environ.get("FLAKY_SAMPLER_RANK")
+            mine = rank is None or rank == os.environ.get("RANK", "0")
+            if self.calls == _at("FLAKY_SAMPLER_FAIL_AT") and mine:
                 raise RuntimeError("inference server went away")
-        return super().generate(prompts, n, greedy=greedy)
+        return super().generate(prompts, n, greedy=greedy, seeds=seeds)
 
 
 class FlakyLogger(Logger):
