@@ -57,9 +57,9 @@ def _check(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+def _weights(run_dir: Path, steps: int) -> dict[str, torch.Tensor]:
     """The HF export of the last checkpoint (what from_pretrained would load)."""
-    ckpt = run_dir / "checkpoints" / f"step-{STEPS:06d}" / "model"
+    ckpt = run_dir / "checkpoints" / f"step-{steps:06d}" / "model"
     out: dict[str, torch.Tensor] = {}
     for f in sorted(ckpt.glob("*.safetensors")):
         out.update(load_file(str(f)))
@@ -72,10 +72,10 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= max(ABS, REL * max(abs(a), abs(b)))
 
 
-def assert_same_training(a: Path, b: Path) -> None:
+def assert_same_training(a: Path, b: Path, steps: int = STEPS) -> None:
     """Per-step metrics (timings aside) and final weights equal within the bar."""
     ma, mb = harness.comparable(harness.metrics(a)), harness.comparable(harness.metrics(b))
-    assert len(ma) == len(mb) and len(ma) > STEPS  # steps + evaluations + run end
+    assert len(ma) == len(mb) and len(ma) > steps  # steps + evaluations + run end
     for ra, rb in zip(ma, mb, strict=True):
         assert ra.keys() == rb.keys(), (sorted(ra.keys() ^ rb.keys()), ra.get("event"))
         for k in ra:
@@ -87,7 +87,7 @@ def assert_same_training(a: Path, b: Path) -> None:
                     assert _close(float(va[kk]), float(vb[kk])), (k, kk, va[kk], vb[kk])
             else:
                 assert va == vb, (k, va, vb)
-    wa, wb = _weights(a), _weights(b)
+    wa, wb = _weights(a, steps), _weights(b, steps)
     assert wa.keys() == wb.keys()
     for name in wa:
         diff = (wa[name] - wb[name]).abs().max().item()
@@ -257,3 +257,36 @@ def test_a_plugin_failing_on_one_rank_stops_every_rank_with_one_line(work, tmp_p
     errors = [x for x in proc.stderr.splitlines() if x.startswith("srpo: error: rank 1")]
     assert any("inference server went away" in x for x in errors), proc.stderr[-3000:]
     assert max(s for s, _ in list_checkpoints(out)) == 2  # the failure came in step 3
+
+
+@pytest.mark.slow
+def test_smollm2_two_ranks_train_the_same_model_as_one_process(tmp_path):
+    """The real chat model (Llama, tied head, 49k vocabulary, chat template) through FSDP2:
+    2 steps of the SmolLM2 example on one process and on 2 ranks, compared as above."""
+    import json
+
+    from tests.support.smollm2 import SMOLLM2, smollm2_model_dir
+
+    model_dir = smollm2_model_dir()
+    runs = {}
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        out = tmp_path / name
+        overrides = {
+            "policy.path": str(model_dir),
+            "run.output_dir": str(out),
+            "run.max_steps": 2,
+            "run.prompts_per_step": 2,
+            "run.threads": 1,
+            "algorithm.group_size": 4,
+            "sampler.options.max_new_tokens": 16,
+            "eval.every": 0,
+            "eval.max_prompts": 2,
+            "checkpoint.every": 1,
+            "loggers": [{"name": "jsonl"}],
+        }
+        sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+        cmd = [sys.executable, "-m", "srpo", "run", str(SMOLLM2 / "plugins.yaml"), *sets]
+        proc = subprocess.run(cmd + extra, env=_env(), capture_output=True, text=True, timeout=900)
+        _check(proc)
+        runs[name] = out
+    assert_same_training(runs["one"], runs["two"], steps=2)
