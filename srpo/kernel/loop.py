@@ -10,6 +10,7 @@ for that call. The kernel knows roles and their contracts (``srpo.api``), never 
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -299,7 +300,7 @@ class Kernel(Checkpointing):
         kept_groups, rounds, generated = 0, 0, 0
         while rounds < max(1, cur.max_generation_rounds):
             want = self.s.prompts_per_step - kept_groups
-            prompts = self.dist.decide(lambda: cur.next_prompts(want))  # noqa: B023
+            prompts = self.dist.decide(functools.partial(cur.next_prompts, want))
             if not prompts:
                 break
             if rounds == 0:
@@ -308,7 +309,7 @@ class Kernel(Checkpointing):
             batch, scores = self._rollouts(prompts, timing, rounds - 1)
             generated += batch.num_rollouts
             self._record_history(batch, scores, timing)
-            keep = self.dist.decide(lambda: cur.accept_groups(batch, scores))  # noqa: B023
+            keep = self.dist.decide(functools.partial(cur.accept_groups, batch, scores))
             if keep is not None:
                 rows = keep.to(torch.bool)[batch.group]
                 batch, scores = batch.select_groups(keep), scores.select(rows)
