@@ -244,7 +244,7 @@ class Policy:
             self.optimizer, lr_lambda(opt.schedule, opt.warmup_steps, optimizer_steps)
         )
         self.loss_fn = loss_fn if loss_fn is not None else make_loss_fn()
-        self._head_checked: dict[int, tuple[Any, torch.Tensor | None]] = {}
+        self._head_checked: dict[int, tuple[Any, bool]] = {}
 
     def _load_reference(self) -> Any:
         if self.cfg.reference_path is not None:
@@ -322,8 +322,7 @@ class Policy:
         lp = inp.pop("prompt_len")
         T = batch.response_ids.shape[1]
         targets = batch.response_ids[rows].to(self.device)
-        head = self._fused_head(model)
-        if head is None:
+        if not self._fusable(model):
             logits = model(**inp, use_cache=False).logits[:, lp - 1 : lp - 1 + T].float()
             return _eager_logprobs(logits, targets, batch.temperature, with_entropy)
         # only real response tokens go through the LM head: padding costs nothing
@@ -340,21 +339,20 @@ class Policy:
             entropy = torch.zeros_like(logp).masked_scatter(real, ent_real.to(logp.dtype))
         return logp, entropy
 
-    def _fused_head(self, model: Any) -> torch.Tensor | None:
-        """The LM head's weight when log-probs can be fused (the head is a bias-free Linear
-        applied to the decoder's output, with no logit scaling or soft-capping); else None,
-        with one warning, and the eager path is used."""
+    def _fusable(self, model: Any) -> bool:
+        """Whether log-probs can be fused (the head is a bias-free Linear applied to the
+        decoder's output, with no logit scaling or soft-capping); if not, one warning, and
+        the eager path is used."""
         if not self.cfg.fused_logprobs:
-            return None
+            return False
         cached = self._head_checked.get(id(model))
         if cached is not None:
             return cached[1]
         why = _unfusable_head(model)
         if why is not None:
             warn(f"policy.fused_logprobs: {why}; computing log-probs from full logits")
-        weight = None if why is not None else model.get_output_embeddings().weight
-        self._head_checked[id(model)] = (model, weight)
-        return weight
+        self._head_checked[id(model)] = (model, why is None)  # the model: its id stays its own
+        return why is None
 
     # -- the update ------------------------------------------------------------------------
 
