@@ -24,7 +24,7 @@ import torch
 
 from srpo import algo
 from srpo import events as ev
-from srpo.api import HistoryReader, Prompt, RolloutBatch, Scores
+from srpo.api import HistoryReader, Prompt, RolloutBatch, Scores, warn
 from srpo.distributed import Dist
 from srpo.errors import PluginError
 from srpo.kernel.checkpoint import CheckpointManager
@@ -100,6 +100,12 @@ class Kernel(Checkpointing):
         # whole batch. One process is the same code with collectives that return at once.
         self.dist = dist if dist is not None else Dist.local()
         self._seeded = takes_seeds(roles.sampler)
+        if self.dist.active and not self._seeded and self.dist.is_main:
+            warn(
+                f"sampler {type(roles.sampler).__name__} does not take generate(seeds=): "
+                "each rank samples from its own RNG, so this run is valid but does not "
+                "reproduce a one-process run token for token"
+            )
         self.run_dir, self.config, self.eval_sets = run_dir, config, eval_sets
         self.history, self.open_reader = history, open_reader
         self.counters = Counters()
