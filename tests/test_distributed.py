@@ -262,7 +262,8 @@ def test_a_plugin_failing_on_one_rank_stops_every_rank_with_one_line(work, tmp_p
 @pytest.mark.slow
 def test_smollm2_two_ranks_train_the_same_model_as_one_process(tmp_path):
     """The real chat model (Llama, tied head, 49k vocabulary, chat template) through FSDP2:
-    2 steps of the SmolLM2 example on one process and on 2 ranks, compared as above."""
+    one step of the SmolLM2 example on one process and on 2 ranks, compared as above (the
+    held-out evaluation after it generates with the refreshed replica)."""
     import json
 
     from tests.support.smollm2 import SMOLLM2, smollm2_model_dir
@@ -274,7 +275,7 @@ def test_smollm2_two_ranks_train_the_same_model_as_one_process(tmp_path):
         overrides = {
             "policy.path": str(model_dir),
             "run.output_dir": str(out),
-            "run.max_steps": 2,
+            "run.max_steps": 1,
             "run.prompts_per_step": 2,
             "run.threads": 1,
             "algorithm.group_size": 4,
@@ -289,4 +290,4 @@ def test_smollm2_two_ranks_train_the_same_model_as_one_process(tmp_path):
         proc = subprocess.run(cmd + extra, env=_env(), capture_output=True, text=True, timeout=900)
         _check(proc)
         runs[name] = out
-    assert_same_training(runs["one"], runs["two"], steps=2)
+    assert_same_training(runs["one"], runs["two"], steps=1)
