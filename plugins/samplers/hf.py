@@ -156,8 +156,8 @@ class HFSampler(Sampler):
             attention_mask=att.to(device),
             generation_config=config,
             logits_processor=None
-            if recorder is None
-            else self._processors(recorder, SeededChooser(row_seeds or [])),
+            if row_seeds is None or recorder is None
+            else self._processors(recorder, SeededChooser(row_seeds)),
         )
         resp = out.sequences[:, lp:].cpu()
         if resp.shape[1] == 0:

@@ -11,7 +11,7 @@ says so (what is decided once, what is gathered, what only rank 0 writes).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -82,14 +82,6 @@ class Dist:
         """The first rank's truthy value of ``flag`` (e.g. a stop request), on every rank."""
         return next((f for f in self.all_gather(flag) if f), None)
 
-    def all_sum(self, value: float) -> float:
-        """Sum of a host number over ranks, in float64 (token counts for the loss share)."""
-        if not self.active:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return float(t.item())
-
     def all_max(self, value: int) -> int:
         if not self.active:
             return value
@@ -112,10 +104,6 @@ class Dist:
         base, extra = divmod(n, self.world_size)
         start = r * base + min(r, extra)
         return range(start, start + base + (1 if r < extra else 0))
-
-    def gather_in_order(self, items: Sequence[T]) -> list[T]:
-        """Concatenate every rank's list in rank order (each rank passes its shard)."""
-        return [x for part in self.all_gather(list(items)) for x in part]
 
 
 def init_from_env(device: str) -> Dist:
