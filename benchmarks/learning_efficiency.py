@@ -1,18 +1,23 @@
-"""The learning-efficiency experiment: GRPO vs DAPO vs SRPO (+ ablations) on the tiny task.
+"""The learning-efficiency experiment: GRPO vs DAPO vs SRPO (+ selection, ablations).
 
-    ./dev python benchmarks/learning_efficiency.py                 # 5 methods x 3 seeds
+    ./dev python benchmarks/learning_efficiency.py                 # 7 methods x 3 seeds
     ./dev python benchmarks/learning_efficiency.py --seeds 0 --steps 20 --methods grpo srpo
     ./dev python benchmarks/learning_efficiency.py --reuse --seeds 0 1 2 3   # add a seed
-    ./dev python benchmarks/learning_efficiency.py --train-limit 128  # several epochs
+    ./dev python benchmarks/learning_efficiency.py --task transfer --train-limit 128 \
+        --threads 1 --jobs 2                                       # the other task, 2 at once
 
-Every method uses the same model, data, group size, batch, optimizer and budget; only the
-curriculum differs (and DAPO's over-sampling, which it pays for in generated rollouts). Each
-run evaluates held-out greedy accuracy (math + code) every ``--eval-every`` steps. Reported
-per method (mean ± std over seeds): optimizer steps and generated rollouts to first reach the
-target accuracy (also per domain), final accuracy per domain, and the effective-sample ratio
-(share of groups with non-zero advantage). ``--reuse`` keeps completed runs made with the same
-settings, so an interrupted experiment continues where it stopped. Writes ``OUT/results.md``,
-``OUT/results.json`` and ``OUT/efficiency.png``.
+Every method runs the task's ``plugins.yaml`` (``--task tiny``: examples/tiny; ``transfer``:
+examples/tiny_transfer, where code needs the math skill) with only the curriculum replaced
+(``METHODS``), so model, data, group size, batch, optimizer and budget are identical; DAPO
+pays for its over-sampling in generated rollouts. Each run evaluates held-out greedy accuracy
+every ``--eval-every`` steps; the target metric is the mean of math and code accuracy.
+Reported per method (mean ± std over seeds): optimizer steps and generated rollouts to first
+reach the target (also per domain), final accuracy per domain, the effective-sample ratio
+(share of trained groups with non-zero advantage) over the run and over its second half,
+generated rollouts per trained rollout (DAPO's discarded groups; 1 for the others), and the
+share of generated rollouts that carried a learning signal. ``--reuse`` keeps completed runs
+made with the same settings, so an interrupted experiment continues where it stopped.
+Writes ``OUT/results.md``, ``OUT/results.json`` and ``OUT/efficiency.png``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -30,35 +36,63 @@ import yaml
 from srpo.report import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "examples" / "tiny"
+#: task -> its example directory; every method runs that directory's ``plugins.yaml`` with
+#: the curriculum replaced, so the methods differ in nothing else
+TASKS: dict[str, Path] = {
+    "tiny": ROOT / "examples" / "tiny",
+    "transfer": ROOT / "examples" / "tiny_transfer",
+}
+#: the paper's HR rule: one epoch's window, no floor, no re-admission
+PAPER_HR = {"window": 1, "min_dataset_steps": 0}
+#: the step-wise selection measured here: an empirical-Bayes prior per domain and a sharpened
+#: draw (power 2, floor 0.01), so a solved prompt comes back about once in 100 draws of an
+#: informative one; options in plugins/curricula/_selection.py
+SELECTION = {"prior": "empirical", "power": 2.0, "min_weight": 0.01}
 
-#: method -> (run file, description, extra ``--set`` overrides)
-METHODS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "grpo": ("grpo.yaml", "GRPO: uniform curriculum", ()),
-    "dapo": ("dapo.yaml", "DAPO: dynamic sampling (over-sample, drop zero-variance groups)", ()),
-    "srpo": ("plugins.yaml", "SRPO: two-stage + history resampling", ()),
-    "hr_only": ("hr_only.yaml", "history resampling only", ()),
-    "two_stage_only": ("two_stage_only.yaml", "two-stage only", ()),
-    # not in the default set: the switch point, chosen after seeing the first results
-    "srpo_switch8": (
-        "plugins.yaml",
-        "SRPO with the stage switch after 8 steps instead of one epoch (16 steps)",
-        ("curriculum.options.switch={after_steps: 8}",),
+
+def _two_stage(**options: object) -> dict:
+    base: dict = {
+        "stage1_domains": ["math"],
+        "stage2_mix": {"math": 0.5, "code": 0.5},
+        "switch": {"after_epochs": 1},
+        "resampling": "history",
+        "hr": PAPER_HR,
+    }
+    return {"name": "two_stage", "options": {**base, **options}}
+
+
+#: method -> (description, the curriculum that replaces the run file's)
+METHODS: dict[str, tuple[str, dict]] = {
+    "grpo": ("GRPO: uniform curriculum", {"name": "uniform"}),
+    "dapo": (
+        "DAPO: dynamic sampling (over-sample, drop zero-variance groups, refill; <= 4 rounds)",
+        {"name": "dynamic_sampling", "options": {"max_generation_rounds": 4}},
     ),
-    # not in the default set: HR with a floor, for budgets of several epochs, where plain HR
-    # shrinks the pool to a handful of hard prompts and forgets the rest
-    "hr_floor": (
-        "hr_only.yaml",
-        "history resampling with a floor of 64 prompts (dropped ones re-admitted, oldest first)",
-        ("curriculum.options.min_dataset_size=64",),
+    "srpo": ("SRPO, the paper's rule: two-stage + history resampling (no floor)", _two_stage()),
+    "srpo_select": (
+        "SRPO with step-wise selection in place of epoch-level history resampling, stage-1 "
+        "domain shares by expected informative mass",
+        _two_stage(resampling="selection", selection=SELECTION, stage2_shares="informative"),
     ),
+    "select": (
+        "step-wise history-aware selection only (no two-stage curriculum)",
+        {"name": "history_resampling", "options": {"selection": "step", "step": SELECTION}},
+    ),
+    "hr_only": (
+        "history resampling only, the paper's rule",
+        {"name": "history_resampling", "options": PAPER_HR},
+    ),
+    "two_stage_only": ("two-stage curriculum only", _two_stage(resampling="none")),
     "srpo_floor": (
-        "plugins.yaml",
-        "SRPO with a floor of 64 prompts on history resampling",
-        ("curriculum.options.hr={window: 1, min_dataset_size: 64}",),
+        "SRPO with history resampling's default floor (one step's prompts)",
+        _two_stage(hr={"window": 1, "min_dataset_steps": 1}),
+    ),
+    "srpo_switch8": (
+        "SRPO with the stage switch after 8 steps instead of one epoch",
+        _two_stage(switch={"after_steps": 8}),
     ),
 }
-DEFAULT_METHODS = ["grpo", "dapo", "srpo", "hr_only", "two_stage_only"]
+DEFAULT_METHODS = ["grpo", "dapo", "srpo", "srpo_select", "select", "hr_only", "two_stage_only"]
 DOMAINS = ("math", "code")
 
 
@@ -84,7 +118,9 @@ def settings(method: str, seed: int, out: Path, args: argparse.Namespace) -> lis
         sets.append(f"eval.max_prompts={args.eval_prompts}")
     if args.train_limit:
         sets += [f"datasets.{d}.limit={args.train_limit}" for d in DOMAINS]
-    return sets + list(METHODS[method][2])
+    if args.threads:
+        sets.append(f"run.threads={args.threads}")
+    return [*sets, f"curriculum={json.dumps(METHODS[method][1])}"]
 
 
 def reusable(out: Path, run_file: Path, sets: list[str]) -> bool:
@@ -103,7 +139,7 @@ def reusable(out: Path, run_file: Path, sets: list[str]) -> bool:
 
 def run_one(method: str, seed: int, args: argparse.Namespace) -> Path:
     out = args.out / f"{method}-seed{seed}"
-    run_file = TINY / METHODS[method][0]
+    run_file = TASKS[args.task] / "plugins.yaml"
     sets = settings(method, seed, out, args)
     if args.reuse and reusable(out, run_file, sets):
         print(f"  {method:15s} seed {seed}: reused {out}", flush=True)
@@ -119,14 +155,26 @@ def run_one(method: str, seed: int, args: argparse.Namespace) -> Path:
     return out
 
 
+def score(record: dict) -> float | None:
+    """The target metric of one evaluation: the mean of the math and code accuracies (equal
+    weight, whatever the held-out set sizes; other probes such as code_const left out)."""
+    got = [record[f"accuracy/{d}"] for d in DOMAINS if f"accuracy/{d}" in record]
+    return statistics.fmean(got) if got else record.get("accuracy")
+
+
 def summarize(run_dir: Path, target: float) -> dict:
     run = load_run(run_dir)  # the report's reader: resumed steps deduplicated, torn lines skipped
     steps = {r["step"]: r for r in run.steps}
-    evals = run.evals
-    hit_step = first_reach(evals, "accuracy", target)
+    rows = [steps[s] for s in sorted(steps)]
+    evals = [{**e, "score": score(e)} for e in run.evals]
+    hit_step = first_reach(evals, "score", target)
     rollouts_at = None
     if hit_step is not None:
         rollouts_at = 0.0 if hit_step == 0 else steps[hit_step - 1]["rollouts_total"]
+    generated = sum(r.get("rollouts_generated", r.get("rollouts", 0.0)) for r in rows)
+    trained = sum(r.get("rollouts", 0.0) for r in rows)
+    # rollouts of groups with a learning signal (non-zero advantage), over all generated
+    signal = sum(r.get("effective_ratio", 0.0) * r.get("rollouts", 0.0) for r in rows)
     last = evals[-1]
     return {
         "steps_to_target": hit_step,
@@ -137,13 +185,15 @@ def summarize(run_dir: Path, target: float) -> dict:
         "final": {k: v for k, v in last.items() if k.startswith("accuracy")},
         # None for a step that trained no group (DAPO when the rest of an epoch is all
         # zero-variance): the ratio of trained groups is undefined there, not 0
-        "effective_ratio": [steps[s].get("effective_ratio") for s in sorted(steps)],
-        "eval_curve": [(e["step"], e["accuracy"]) for e in evals],
+        "effective_ratio": [r.get("effective_ratio") for r in rows],
+        "generated_per_trained": generated / trained if trained else None,
+        "signal_share_of_generated": signal / generated if generated else None,
+        "eval_curve": [(e["step"], e["score"]) for e in evals],
         "eval_curve_by_domain": {
             d: [(e["step"], e[f"accuracy/{d}"]) for e in evals if f"accuracy/{d}" in e]
-            for d in DOMAINS
+            for d in (*DOMAINS, "code_const")
         },
-        "rollouts_curve": [steps[s]["rollouts_total"] for s in sorted(steps)],
+        "rollouts_curve": [r["rollouts_total"] for r in rows],
     }
 
 
@@ -165,19 +215,24 @@ def fmt(values: list[float | None], digits: int = 0) -> str:
 
 def report(results: dict, args: argparse.Namespace) -> str:
     lines = [
-        f"Target: held-out greedy accuracy ≥ {args.target:.0%} (math + code), evaluated every "
-        f"{args.eval_every} steps; budget {args.steps} steps; seeds {args.seeds}; "
-        f"training prompts per domain: {args.train_limit or 'as in the run files'}. "
-        "Mean ± std over seeds; the math and code columns apply the same target to each "
-        "domain alone.",
+        f"Task `{args.task}`. Target: held-out greedy accuracy ≥ {args.target:.0%} (mean of "
+        f"math and code), evaluated every {args.eval_every} steps; budget {args.steps} steps; "
+        f"seeds {args.seeds}; training prompts per domain: "
+        f"{args.train_limit or 'as in the run files'}. Mean ± std over seeds; the math and "
+        "code columns apply the same target to each domain alone. Effective ratio: share of "
+        "trained groups with a learning signal (mean over steps; and over the second half); "
+        "gen/trained: generated rollouts per trained rollout (= per trained group); signal "
+        "share: rollouts in groups with a signal over all generated.",
         "",
         "| method | runs | steps to target | rollouts to target | steps: math | steps: code | "
-        "final math | final code | mean effective ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "final math | final code | effective ratio | eff. ratio, 2nd half | gen/trained | "
+        "signal share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, runs in results.items():
         fin = [r["final"] for r in runs]
-        eff = [statistics.fmean(_defined(r["effective_ratio"])) for r in runs]
+        eff = [_fmean(r["effective_ratio"]) for r in runs]
+        late = [_fmean(r["effective_ratio"][len(r["effective_ratio"]) // 2 :]) for r in runs]
         lines.append(
             f"| {method} | {len(runs)} | {fmt([r['steps_to_target'] for r in runs])} | "
             f"{fmt([r['rollouts_to_target'] for r in runs])} | "
@@ -185,13 +240,21 @@ def report(results: dict, args: argparse.Namespace) -> str:
                 f"{fmt([r['steps_to_target_by_domain'][d] for r in runs])} | " for d in DOMAINS
             )
             + f"{fmt([f.get('accuracy/math') for f in fin], 3)} | "
-            f"{fmt([f.get('accuracy/code') for f in fin], 3)} | {fmt(eff, 2)} |"
+            f"{fmt([f.get('accuracy/code') for f in fin], 3)} | {fmt(eff, 2)} | "
+            f"{fmt(late, 2)} | {fmt([r['generated_per_trained'] for r in runs], 2)} | "
+            f"{fmt([r['signal_share_of_generated'] for r in runs], 2)} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def _defined(values: list[float | None]) -> list[float]:
     return [v for v in values if v is not None]
+
+
+def _fmean(values: list[float | None]) -> float | None:
+    """The mean of the defined values (None: none is)."""
+    got = _defined(values)
+    return statistics.fmean(got) if got else None
 
 
 def _mean(rows: list[list[float | None]]) -> list[float]:
@@ -212,8 +275,10 @@ def plot(results: dict, path: Path, target: float) -> None:
 
     fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
     (acc_steps, acc_rollouts, eff), (math_ax, code_ax, spare) = axes
-    spare.axis("off")
-    domain_axes = {"math": math_ax, "code": code_ax}
+    domain_axes = {"math": math_ax, "code": code_ax, "code_const": spare}
+    if not any(r["eval_curve_by_domain"].get("code_const") for rs in results.values() for r in rs):
+        spare.axis("off")
+        del domain_axes["code_const"]
     for i, (method, runs) in enumerate(results.items()):
         color = f"C{i}"
         seed_style = {"color": color, "alpha": 0.25, "linewidth": 0.8}
@@ -248,9 +313,9 @@ def plot(results: dict, path: Path, target: float) -> None:
     )
     for d, ax in domain_axes.items():
         ax.set(xlabel="optimizer step", ylabel=f"held-out {d} accuracy", title=f"{d} only")
-    for ax in (acc_steps, acc_rollouts, math_ax, code_ax):
+    for ax in (acc_steps, acc_rollouts, *domain_axes.values()):
         ax.axhline(target, color="grey", linestyle="--", linewidth=1)
-    for ax in (acc_steps, acc_rollouts, eff, math_ax, code_ax):
+    for ax in (acc_steps, acc_rollouts, eff, *domain_axes.values()):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -261,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    ap.add_argument("--task", choices=list(TASKS), default="tiny", help="which tiny task")
     ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=40)
@@ -281,12 +347,23 @@ def main(argv: list[str] | None = None) -> int:
         help="keep runs in OUT that completed with the same settings (resume an interrupted "
         "experiment, or add seeds or methods to one) instead of training them again",
     )
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once (with --threads 1, 2 jobs use 2 cores better than 1 job on 2 threads)",
+    )
+    ap.add_argument("--threads", type=int, default=0, help="run.threads per run (0: run file's)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[dict]] = {}
     for method in args.methods:
-        print(f"{method}: {METHODS[method][1]}", flush=True)
-        results[method] = [summarize(run_one(method, s, args), args.target) for s in args.seeds]
+        print(f"{method}: {METHODS[method][0]}", flush=True)
+    todo = [(m, s) for m in args.methods for s in args.seeds]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        dirs = list(pool.map(lambda ms: run_one(*ms, args), todo))
+    results: dict[str, list[dict]] = {m: [] for m in args.methods}
+    for (method, _), run_dir in zip(todo, dirs, strict=True):
+        results[method].append(summarize(run_dir, args.target))
     table = report(results, args)
     print(table)
     (args.out / "results.md").write_text(table)

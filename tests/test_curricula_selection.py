@@ -175,3 +175,89 @@ def test_through_the_kernel_loop(tmp_path):
 def test_epoch_rules_are_refused_with_step_selection():
     with pytest.raises(pydantic.ValidationError, match="min_dataset_size applies to selection"):
         HR.Options(selection="step", min_dataset_size=4)
+
+
+def late_informative_share(tmp_path: Path, ks: list[int], **step: object) -> float:
+    cur = make_hr(tmp_path, ks, seed=5, **step)
+    steps = run_epochs(cur, range(12), 8)
+    return float(np.mean([informative(ks[i]) for s in steps[len(steps) // 2 :] for i in s]))
+
+
+def test_empirical_prior_and_power_keep_the_informative_share_above_ninety_percent(tmp_path):
+    """A solved majority (the late phase of a run): proportional draws under the flat prior
+    keep many solved prompts; the fitted U-shaped prior plus power 2 keeps them out."""
+    rng = np.random.default_rng(2)
+    ks = rng.choice([G, 0, 1, 2, 3], p=[0.6, 0.15, 0.1, 0.1, 0.05], size=80).tolist()
+    flat = late_informative_share(tmp_path, ks, min_weight=0.01)
+    sharp = late_informative_share(tmp_path, ks, prior="empirical", power=2.0, min_weight=0.01)
+    assert np.mean([informative(k) for k in ks]) < 0.35
+    assert flat < 0.8 and sharp > 0.9, (flat, sharp)
+
+
+def test_empirical_prior_is_fitted_per_domain(tmp_path):
+    """Two domains, one mostly solved, one mostly mixed: each gets its own Beta, the solved
+    one U-shaped (mass near p = 1), and an unseen prompt inherits its domain's odds."""
+    easy = dataset([G] * 18 + [2, 2], "math")
+    mixed = dataset([1, 2, 3, 2] * 5, "code", start=100)
+    ctx = PluginContext(tmp_path, 0, {"math": easy, "code": mixed}, config=CONFIG)
+    cur = HR(HR.Options(selection="step", step={"prior": "empirical"}), ctx)
+    batch = fake_batch(easy[:16] + mixed[:16])
+    cur.accept_groups(batch, fake_scores(batch))
+    priors = cur.posterior.priors()
+    a, b = priors["math"]
+    assert a / (a + b) > 0.8 and b < 0.5  # mean near 1, U-shaped toward 1
+    a, b = priors["code"]
+    assert 0.4 < a / (a + b) < 0.6 and a + b <= G  # mixed: mean ~0.5, capped concentration
+    w_easy, w_mixed = cur.posterior.weights([easy[17].id, mixed[17].id])  # both unseen
+    assert w_easy < 0.5 < w_mixed
+    # one all-correct group says "solved" far more firmly than under the flat prior
+    flat = HR(HR.Options(selection="step"), ctx)
+    flat.accept_groups(batch, fake_scores(batch))
+    assert cur.posterior.weights([easy[0].id])[0] < 0.2 < flat.posterior.weights([easy[0].id])[0]
+
+
+def test_empirical_prior_waits_for_enough_prompts_and_resumes_exactly(tmp_path):
+    ks = [G, G, 4, 0, G, 2, G, G, 5, G, 0, G]
+    cur = make_hr(tmp_path, ks, prior="empirical", empirical_min_prompts=8)
+    batch = fake_batch(cur.pool.prompts[:4])
+    cur.accept_groups(batch, fake_scores(batch))
+    assert cur.posterior.priors()["math"] == (1.0, 1.0)  # 4 observed: still the fixed prior
+    run_epochs(cur, range(2), 5)
+    state = json.loads(json.dumps(cur.state_dict()))
+    again = make_hr(tmp_path, ks, prior="empirical", empirical_min_prompts=8)
+    again.load_state_dict(state)
+    ids = [p.id for p in cur.pool.prompts]
+    assert cur.posterior.priors() == again.posterior.priors() != {"math": (1.0, 1.0)}
+    assert np.array_equal(cur.posterior.weights(ids), again.posterior.weights(ids))
+
+
+def test_informative_shares_give_a_solved_domain_less_of_the_stage1_batch(tmp_path):
+    data = {"math": dataset([G] * 10 + [2] * 2), "code": dataset([1, 2, 3] * 4, "code", 1000)}
+    ctx = PluginContext(tmp_path, 0, data, config=CONFIG)
+
+    def stage1_domains(shares: str) -> Counter:
+        cur = TS(
+            TS.Options(
+                resampling="selection",
+                switch={"after_epochs": 1},
+                stage2_shares=shares,
+                selection={"prior": "empirical", "power": 2.0, "min_weight": 0.01},
+            ),
+            ctx,
+        )
+        run_epochs(cur, range(3), 4)  # stage 0 learns that math is mostly solved
+        assert cur.stage == 1
+        return Counter(p.domain for e in range(3, 8) for p in _epoch(cur, e, 4))
+
+    fixed, informative = stage1_domains("fixed"), stage1_domains("informative")
+    assert fixed["math"] == fixed["code"]  # the paper's 50/50
+    assert informative["code"] > 2 * informative["math"] > 0  # math still comes now and then
+    with pytest.raises(pydantic.ValidationError, match="informative needs resampling"):
+        TS.Options(stage2_shares="informative")
+
+
+def _epoch(cur: Curriculum, epoch: int, n: int) -> list[Prompt]:
+    cur.begin_epoch(epoch)
+    got = [p for step in iter(lambda: serve(cur, n), []) for p in step]
+    cur.end_epoch(epoch, None)
+    return got

@@ -19,7 +19,7 @@ def test_small_experiment_produces_table_and_plot(tmp_path, capsys):
         "--methods",
         "grpo",
         "dapo",
-        "srpo",
+        "srpo_select",
         "--seeds",
         "0",
         "--steps",
@@ -37,7 +37,7 @@ def test_small_experiment_produces_table_and_plot(tmp_path, capsys):
     ]
     assert le.main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"grpo", "dapo", "srpo"}
+    assert set(results) == {"grpo", "dapo", "srpo_select"}
     for runs in results.values():
         (run,) = runs
         assert [s for s, _ in run["eval_curve"]] == [0, 3, 6]
@@ -46,12 +46,17 @@ def test_small_experiment_produces_table_and_plot(tmp_path, capsys):
         assert set(run["steps_to_target_by_domain"]) == {"math", "code"}
     # DAPO over-samples: it generates at least as many rollouts per step as the others
     assert results["dapo"][0]["rollouts_curve"][-1] >= results["grpo"][0]["rollouts_curve"][-1]
+    assert results["dapo"][0]["generated_per_trained"] >= 1.0
+    # selection trains every group it generates; the signal share is a share
+    assert results["srpo_select"][0]["generated_per_trained"] == 1.0
+    assert 0.0 <= results["srpo_select"][0]["signal_share_of_generated"] <= 1.0
     import yaml
 
-    used = yaml.safe_load((out / "srpo-seed0" / "config.yaml").read_text())
+    used = yaml.safe_load((out / "srpo_select-seed0" / "config.yaml").read_text())
     assert {d: used["datasets"][d]["limit"] for d in ("math", "code")} == {"math": 64, "code": 64}
+    assert used["curriculum"]["options"]["resampling"] == "selection"  # the method's curriculum
     table = (out / "results.md").read_text()
-    assert "| srpo |" in table and "steps to target" in table
+    assert "| srpo_select |" in table and "steps to target" in table
     assert (out / "efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # --reuse keeps completed runs made with the same settings and retrains changed ones
@@ -80,6 +85,8 @@ def test_a_step_that_trained_no_group_leaves_the_effective_ratio_undefined(tmp_p
     assert s["steps_to_target"] == 2 and s["rollouts_to_target"] == 472.0
     assert le._mean([[0.5, None], [0.7, None]])[0] == pytest.approx(0.6)
     assert math.isnan(le._mean([[0.5, None], [0.7, None]])[1])
-    args = argparse.Namespace(target=0.85, eval_every=2, steps=2, seeds=[0], train_limit=0)
+    args = argparse.Namespace(
+        task="tiny", target=0.85, eval_every=2, steps=2, seeds=[0], train_limit=0
+    )
     table = le.report({"dapo": [s]}, args)
     assert "| dapo | 1 |" in table and "0.50" in table

@@ -126,12 +126,23 @@ OPTIONS: dict[str, dict] = {
 }
 
 
-# each installed curriculum with the options above, and the step-level selection modes
+# each installed curriculum with the options above, and the step-level selection modes (with
+# the fitted prior, whose state is derived from the checkpointed counts)
+SHARP = {"prior": "empirical", "power": 2.0, "min_weight": 0.01, "empirical_min_prompts": 2}
 CASES = [
     *[pytest.param(n, OPTIONS.get(n, {}), id=n) for n in ["uniform", *CURRICULA]],
-    pytest.param("history_resampling", {"selection": "step"}, id="history_resampling-step"),
     pytest.param(
-        "two_stage", {**OPTIONS["two_stage"], "resampling": "selection"}, id="two_stage-selection"
+        "history_resampling", {"selection": "step", "step": SHARP}, id="history_resampling-step"
+    ),
+    pytest.param(
+        "two_stage",
+        {
+            **OPTIONS["two_stage"],
+            "resampling": "selection",
+            "selection": SHARP,
+            "stage2_shares": "informative",
+        },
+        id="two_stage-selection",
     ),
 ]
 

@@ -9,8 +9,21 @@ zero-variance is, in closed form,
     P0 = E[p^G] + E[(1-p)^G] = B(a+G, b) / B(a, b) + B(a, b+G) / B(a, b)
 
 Each step draws its prompts without replacement with probability proportional to the
-expected informativeness ``max(min_weight, 1 - P0)``: sampling, not dropping, so solved
-prompts come back now and then and the pool never collapses; unseen prompts get the prior.
+expected informativeness ``max(min_weight, (1 - P0) ** power)``: sampling, not dropping, so
+solved prompts come back now and then and the pool never collapses; unseen prompts get the
+prior. ``power`` > 1 sharpens the draw toward the surest prompts: with weights proportional
+to (1 - P0) the expected share of informative groups is sum (1 - P0)^2 / sum (1 - P0), which
+a large solved majority holds well below 1.
+
+The prior matters more than it looks. Under ``prior: fixed`` (Beta(1, 1) by default) one
+all-correct group of 8 leaves P0 = 0.53: a prompt solved once still weighs half a mixed one.
+``prior: empirical`` is empirical Bayes: each domain's prior is a Beta fitted, by the
+beta-binomial method of moments, to that domain's observed prompts (their decayed counts),
+refitted every step. When most prompts are solved and a few are mixed the fitted prior is
+U-shaped (a, b < 1), and a single all-correct group then means p is near 1 (P0 ~ 0.9), while
+unseen prompts get the domain's current odds. The fit needs ``empirical_min_prompts``
+observed prompts of the domain (until then the fixed prior), and its concentration a + b is
+capped at the group size, so one group always weighs at least as much as the prior.
 
 Counts are learned from each step's groups (``Curriculum.accept_groups`` sees every group's
 correctness before training) and kept in curriculum state, so a resumed run draws exactly
@@ -21,7 +34,8 @@ use it: an epoch still serves as many prompts as the pool holds, but chosen by w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -46,6 +60,19 @@ class SelectionRules(PluginOptions):
         le=1.0,
         description="floor on a prompt's weight, so solved prompts still come back",
     )
+    power: float = Field(
+        1.0,
+        gt=0.0,
+        description="weight = (1 - P0) ** power: > 1 draws the surest informative prompts more",
+    )
+    prior: Literal["fixed", "empirical"] = Field(
+        "fixed",
+        description="fixed: Beta(alpha0, beta0) for every prompt; empirical: per domain, a Beta "
+        "fitted to the domain's observed pass rates (empirical Bayes)",
+    )
+    empirical_min_prompts: int = Field(
+        8, ge=2, description="observed prompts of a domain before its prior is fitted"
+    )
 
 
 def _log_beta(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -67,11 +94,15 @@ class PassRatePosterior:
     scaled by ``0.5 ** (age / half_life)`` when read, so a step costs only its own prompts.
     """
 
-    def __init__(self, rules: SelectionRules, group_size: int) -> None:
+    def __init__(
+        self, rules: SelectionRules, group_size: int, domain_of: Mapping[int, str] | None = None
+    ) -> None:
         self.rules = rules
         self.group_size = group_size
+        self.domain_of = dict(domain_of or {})  # prompt id -> domain, for empirical priors
         self.t = 0  # steps observed
         self.counts: dict[int, tuple[float, float, int]] = {}  # id -> (correct, wrong, at)
+        self._priors: tuple[int, dict[str | None, tuple[float, float]]] | None = None
 
     def _decay(self, age: np.ndarray | int) -> np.ndarray | float:
         if self.rules.half_life is None:
@@ -92,23 +123,66 @@ class PassRatePosterior:
             s, f, at = self.counts.get(p.id, (0.0, 0.0, self.t))
             d = float(self._decay(self.t - at))
             self.counts[p.id] = (s * d + c, f * d + (k - c), self.t)
+            self.domain_of.setdefault(p.id, p.domain)
+
+    def priors(self) -> dict[str | None, tuple[float, float]]:
+        """The prior (a, b) per domain (key None: prompts of no known domain); derived from
+        the counts alone, so it needs no state of its own and resumes exactly."""
+        if self._priors is not None and self._priors[0] == self.t:
+            return self._priors[1]
+        fixed = (self.rules.alpha0, self.rules.beta0)
+        fits: dict[str | None, tuple[float, float]] = {}
+        if self.rules.prior == "empirical" and self.counts:
+            ids = list(self.counts)
+            table = np.array(list(self.counts.values()), np.float64)  # rows: correct, wrong, at
+            s, f, at = table[:, 0], table[:, 1], table[:, 2]
+            d = self._decay(self.t - at)
+            s, f = s * d, f * d
+            domains = np.array([self.domain_of.get(i) for i in ids], dtype=object)
+            for dom in {*domains.tolist(), None}:
+                rows = np.ones(len(ids), bool) if dom is None else domains == dom
+                fits[dom] = self._fit(s[rows], f[rows]) or fixed
+        self._priors = (self.t, fits)
+        return fits
+
+    def _fit(self, s: np.ndarray, f: np.ndarray) -> tuple[float, float] | None:
+        """Beta-binomial method of moments on (correct, wrong) counts; None: too few prompts."""
+        n = s + f
+        keep = n > 1e-9
+        if int(keep.sum()) < self.rules.empirical_min_prompts:
+            return None
+        s, n = s[keep], n[keep]
+        rate = s / n
+        m = float(np.clip(rate.mean(), 1e-3, 1 - 1e-3))
+        inv_n = float(np.minimum(1.0 / n, 1.0).mean())  # binomial noise in each observed rate
+        spread = float(rate.var())
+        var_p = (spread - m * (1 - m) * inv_n) / (1.0 - inv_n) if inv_n < 1.0 else spread
+        kappa = m * (1 - m) / var_p - 1.0 if var_p > 0 else np.inf
+        kappa = float(np.clip(kappa, 0.05, float(self.group_size)))
+        return m * kappa, (1 - m) * kappa
 
     def beta(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Posterior (a, b) for each id, decayed to now; unseen ids get the prior."""
         s = np.zeros(len(ids))
         f = np.zeros(len(ids))
         at = np.full(len(ids), self.t)
+        a0 = np.full(len(ids), self.rules.alpha0)
+        b0 = np.full(len(ids), self.rules.beta0)
+        priors = self.priors()
         for j, i in enumerate(ids):
             if (c := self.counts.get(int(i))) is not None:
                 s[j], f[j], at[j] = c
+            if priors:
+                dom = self.domain_of.get(int(i))
+                a0[j], b0[j] = priors.get(dom, priors[None])
         d = self._decay(self.t - at)
-        return self.rules.alpha0 + s * d, self.rules.beta0 + f * d
+        return a0 + s * d, b0 + f * d
 
     def weights(self, ids: Sequence[int]) -> np.ndarray:
-        """Expected informativeness ``1 - P0``, floored at ``min_weight``."""
+        """Expected informativeness ``(1 - P0) ** power``, floored at ``min_weight``."""
         a, b = self.beta(ids)
         p0 = zero_variance_prob(a, b, self.group_size)
-        return np.maximum(self.rules.min_weight, 1.0 - p0)
+        return np.maximum(self.rules.min_weight, np.clip(1.0 - p0, 0.0, 1.0) ** self.rules.power)
 
     def state_dict(self) -> StateDict:
         return {
@@ -121,6 +195,7 @@ class PassRatePosterior:
         self.t = int(state["t"])
         self.group_size = int(state["group_size"])
         self.counts = {int(i): (float(s), float(f), int(at)) for i, s, f, at in state["counts"]}
+        self._priors = None
 
 
 class SelectingCursor(Cursor):

@@ -81,7 +81,9 @@ class HistoryResamplingCurriculum(Curriculum):
             step_prompts=prompts_per_step(context.config),
         )
         group_size = int(context.config.get("algorithm", {}).get("group_size", 8))
-        self.posterior = PassRatePosterior(options.step, group_size)
+        self.posterior = PassRatePosterior(
+            options.step, group_size, {p.id: p.domain for p in prompts}
+        )
         self.cursor: Cursor = Cursor()
         if self.by_step:
             self.cursor = SelectingCursor(

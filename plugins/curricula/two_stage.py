@@ -15,7 +15,10 @@ Semantics (chosen here, relied on by tests):
 * **Step selection.** ``resampling: selection`` drops nothing: each step's prompts are
   drawn by expected informativeness from one pass-rate posterior over all domains
   (``_selection``, options under ``selection``), within the stage's domains and, in
-  stage 1, within each domain's share of the batch. Epoch lengths are as above.
+  stage 1, within each domain's share of the batch. Epoch lengths are as above. With
+  ``stage2_shares: informative`` (not in the paper) those shares follow the expected
+  informative mass too: ``stage2_mix`` ratio × the domain pool's summed selection weights,
+  recomputed every step, so a solved domain stops taking half the batch.
 * **Epochs.** The kernel's epoch counter runs on across stages (history is keyed by it and
   HR windows span the switch: stage-0 math outcomes are still evidence about math
   prompts). A stage-0 epoch is one pass over the active stage-0 pools (shuffled together).
@@ -123,6 +126,11 @@ class TwoStageOptions(PluginOptions):
         default_factory=lambda: {"math": 0.5, "code": 0.5},
         description="stage 1: share of each step batch per domain (normalized)",
     )
+    stage2_shares: Literal["fixed", "informative"] = Field(
+        "fixed",
+        description="fixed: stage2_mix as is (the paper); informative (resampling: selection "
+        "only): each domain's stage2_mix ratio times its pool's expected informative mass",
+    )
     switch: SwitchRule = Field(default_factory=lambda: SwitchRule(after_epochs=1))
     resampling: Literal["history", "none", "selection"] = Field(
         "history",
@@ -146,6 +154,8 @@ class TwoStageOptions(PluginOptions):
             raise ValueError("stage1_domains is empty")
         if any(v < 0 for v in self.stage2_mix.values()) or sum(self.stage2_mix.values()) <= 0:
             raise ValueError("stage2_mix: ratios must be >= 0 with a positive sum")
+        if self.stage2_shares == "informative" and self.resampling != "selection":
+            raise ValueError("stage2_shares: informative needs resampling: selection")
         bad = [k for k in self.stage_overrides if k not in (0, 1)]
         if bad:
             raise ValueError(f"stage_overrides: stages are 0 and 1, got {bad[0]}")
@@ -174,7 +184,11 @@ class TwoStageCurriculum(Curriculum):
         }
         self.by_step = options.resampling == "selection"
         group_size = int(context.config.get("algorithm", {}).get("group_size", 8))
-        self.posterior = PassRatePosterior(options.selection, group_size)
+        self.posterior = PassRatePosterior(
+            options.selection,
+            group_size,
+            {p.id: p.domain for d in domains for p in context.datasets[d]},
+        )
         self._stage = 0
         self.stage0_steps = 0
         self.stage0_epochs = 0
@@ -256,11 +270,12 @@ class TwoStageCurriculum(Curriculum):
             ]
         if not self.cursors or any(c.remaining == 0 for c in self.cursors.values()):
             return []
-        total = sum(self.mix[d] for d in self.cursors)
+        ratios = self._stage1_ratios()
+        total = sum(ratios.values())
         plan: list[str] = []  # the domain of each slot, by smooth weighted round robin
         for _ in range(n):
             for d in self.cursors:
-                self.credit[d] += self.mix[d] / total
+                self.credit[d] += ratios[d] / total
             d = max(self.cursors, key=lambda k: self.credit[k])  # ties: first in mix order
             self.credit[d] -= 1.0
             if plan.count(d) >= self.cursors[d].remaining:
@@ -269,6 +284,20 @@ class TwoStageCurriculum(Curriculum):
         # each domain's slots are taken at once (a selecting cursor draws them together)
         got = {d: iter(self.cursors[d].take(plan.count(d))) for d in dict.fromkeys(plan)}
         return [self.pools[d].prompts[next(got[d])] for d in plan]
+
+    def _stage1_ratios(self) -> dict[str, float]:
+        """Each mixed domain's share of a stage-1 batch. ``informative`` scales the mix by the
+        summed selection weights of the domain's pool (its expected informative prompts, as
+        the draw inside the domain sees them): once code is solved, math gets the batch,
+        instead of half the batch going to zero-variance groups. The weights' floor keeps
+        every domain's share above zero."""
+        if self.options.stage2_shares == "fixed":
+            return {d: self.mix[d] for d in self.cursors}
+        return {
+            d: self.mix[d]
+            * float(self.posterior.weights([self.pools[d].prompts[i].id for i in c.order]).sum())
+            for d, c in self.cursors.items()
+        }
 
     def accept_groups(self, batch: RolloutBatch, scores: Scores) -> torch.Tensor | None:
         if self.by_step:
