@@ -111,19 +111,28 @@ class PassRatePosterior:
 
     def observe(self, batch: RolloutBatch, scores: Scores) -> None:
         """Add one step's groups (every group, before any filtering)."""
-        self.t += 1
         n_groups = len(batch.prompts)
         if n_groups == 0:
+            self.observe_counts([])
             return
         group = batch.group.to(torch.int64)
         n = torch.bincount(group, minlength=n_groups).tolist()
         nc = torch.bincount(group, weights=scores.correct.to(torch.float64), minlength=n_groups)
         self.group_size = max(1, round(batch.num_rollouts / n_groups))
-        for p, k, c in zip(batch.prompts, n, nc.tolist(), strict=True):
-            s, f, at = self.counts.get(p.id, (0.0, 0.0, self.t))
+        self.observe_counts(
+            [(p.id, p.domain, k, c) for p, k, c in zip(batch.prompts, n, nc.tolist(), strict=True)]
+        )
+
+    def observe_counts(self, groups: Sequence[tuple[int, str | None, float, float]]) -> None:
+        """One step's groups as (prompt id, domain, rollouts, correct); also how an offline
+        replay of a history store feeds it (benchmarks/selection_calibration.py)."""
+        self.t += 1
+        for pid, domain, k, c in groups:
+            s, f, at = self.counts.get(pid, (0.0, 0.0, self.t))
             d = float(self._decay(self.t - at))
-            self.counts[p.id] = (s * d + c, f * d + (k - c), self.t)
-            self.domain_of.setdefault(p.id, p.domain)
+            self.counts[pid] = (s * d + c, f * d + (k - c), self.t)
+            if domain is not None:
+                self.domain_of.setdefault(pid, domain)
 
     def priors(self) -> dict[str | None, tuple[float, float]]:
         """The prior (a, b) per domain (key None: prompts of no known domain); derived from
@@ -178,11 +187,14 @@ class PassRatePosterior:
         d = self._decay(self.t - at)
         return a0 + s * d, b0 + f * d
 
-    def weights(self, ids: Sequence[int]) -> np.ndarray:
-        """Expected informativeness ``(1 - P0) ** power``, floored at ``min_weight``."""
+    def informative_prob(self, ids: Sequence[int]) -> np.ndarray:
+        """The posterior chance ``1 - P0`` that each prompt's next group has a signal."""
         a, b = self.beta(ids)
-        p0 = zero_variance_prob(a, b, self.group_size)
-        return np.maximum(self.rules.min_weight, np.clip(1.0 - p0, 0.0, 1.0) ** self.rules.power)
+        return np.clip(1.0 - zero_variance_prob(a, b, self.group_size), 0.0, 1.0)
+
+    def weights(self, ids: Sequence[int]) -> np.ndarray:
+        """Draw weights: ``informative_prob ** power``, floored at ``min_weight``."""
+        return np.maximum(self.rules.min_weight, self.informative_prob(ids) ** self.rules.power)
 
     def state_dict(self) -> StateDict:
         return {
