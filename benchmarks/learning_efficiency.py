@@ -94,9 +94,13 @@ METHODS: dict[str, tuple[str, dict]] = {
         {"name": "history_resampling", "options": PAPER_HR},
     ),
     "two_stage_only": ("two-stage curriculum only", _two_stage(resampling="none")),
+    "hr_floor": (
+        "history resampling with a floor of 64 prompts (dropped ones re-admitted, oldest first)",
+        {"name": "history_resampling", "options": {**PAPER_HR, "min_dataset_size": 64}},
+    ),
     "srpo_floor": (
-        "SRPO with history resampling's default floor (one step's prompts)",
-        _two_stage(hr={"window": 1, "min_dataset_steps": 1}),
+        "SRPO with a floor of 64 prompts on history resampling",
+        _two_stage(hr={"window": 1, "min_dataset_size": 64}),
     ),
     "srpo_switch8": (
         "SRPO with the stage switch after 8 steps instead of one epoch",
