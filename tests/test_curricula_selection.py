@@ -261,3 +261,16 @@ def _epoch(cur: Curriculum, epoch: int, n: int) -> list[Prompt]:
     got = [p for step in iter(lambda: serve(cur, n), []) for p in step]
     cur.end_epoch(epoch, None)
     return got
+
+
+def test_a_domain_not_yet_observed_keeps_the_fixed_prior(tmp_path):
+    """Stage 1's code prompts must not inherit stage 0's (solved) math prior."""
+    math_prompts = dataset([G] * 16, "math")
+    code = dataset([2] * 4, "code", start=100)
+    ctx = PluginContext(tmp_path, 0, {"math": math_prompts, "code": code}, config=CONFIG)
+    cur = HR(HR.Options(selection="step", step={"prior": "empirical"}), ctx)
+    batch = fake_batch(math_prompts)
+    cur.accept_groups(batch, fake_scores(batch))
+    assert cur.posterior.priors()["math"][1] < 0.5  # math: solved, U-shaped toward 1
+    a, b = cur.posterior.beta([code[0].id])
+    assert (a[0], b[0]) == (1.0, 1.0)

@@ -178,12 +178,15 @@ class PassRatePosterior:
         a0 = np.full(len(ids), self.rules.alpha0)
         b0 = np.full(len(ids), self.rules.beta0)
         priors = self.priors()
+        fixed = (self.rules.alpha0, self.rules.beta0)
         for j, i in enumerate(ids):
             if (c := self.counts.get(int(i))) is not None:
                 s[j], f[j], at[j] = c
             if priors:
+                # a domain not observed yet keeps the fixed prior: another domain's odds say
+                # nothing about it (stage 1's code must not inherit stage 0's solved math)
                 dom = self.domain_of.get(int(i))
-                a0[j], b0[j] = priors.get(dom, priors[None])
+                a0[j], b0[j] = priors[None] if dom is None else priors.get(dom, fixed)
         d = self._decay(self.t - at)
         return a0 + s * d, b0 + f * d
 
