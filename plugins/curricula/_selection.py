@@ -247,5 +247,4 @@ def informative_share(posterior: PassRatePosterior, prompts: Sequence[Prompt]) -
     """Mean expected informativeness (1 - P0, no floor) over ``prompts``; for reports."""
     if not prompts:
         return 0.0
-    a, b = posterior.beta([p.id for p in prompts])
-    return float(np.mean(1.0 - zero_variance_prob(a, b, posterior.group_size)))
+    return float(np.mean(posterior.informative_prob([p.id for p in prompts])))
