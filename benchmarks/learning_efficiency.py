@@ -64,6 +64,14 @@ def _two_stage(**options: object) -> dict:
     return {"name": "two_stage", "options": {**base, **options}}
 
 
+def _srpo_select(rules: dict) -> dict:
+    return _two_stage(resampling="selection", selection=rules, stage2_shares="informative")
+
+
+def _select(rules: dict) -> dict:
+    return {"name": "history_resampling", "options": {"selection": "step", "step": rules}}
+
+
 #: method -> (description, the curriculum that replaces the run file's)
 METHODS: dict[str, tuple[str, dict]] = {
     "grpo": ("GRPO: uniform curriculum", {"name": "uniform"}),
@@ -75,19 +83,19 @@ METHODS: dict[str, tuple[str, dict]] = {
     "srpo_select": (
         "SRPO with step-wise selection in place of epoch-level history resampling, stage-1 "
         "domain shares by expected informative mass",
-        _two_stage(resampling="selection", selection=SELECTION, stage2_shares="informative"),
+        _srpo_select(SELECTION),
     ),
     "select": (
         "step-wise history-aware selection only (no two-stage curriculum)",
-        {"name": "history_resampling", "options": {"selection": "step", "step": SELECTION}},
+        _select(SELECTION),
     ),
     "srpo_select_nodecay": (
         "srpo_select without the half-life (every past rollout counts fully)",
-        _two_stage(resampling="selection", selection=NODECAY, stage2_shares="informative"),
+        _srpo_select(NODECAY),
     ),
     "select_nodecay": (
         "select without the half-life",
-        {"name": "history_resampling", "options": {"selection": "step", "step": NODECAY}},
+        _select(NODECAY),
     ),
     "hr_only": (
         "history resampling only, the paper's rule",
