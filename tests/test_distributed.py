@@ -263,7 +263,10 @@ def test_a_plugin_failing_on_one_rank_stops_every_rank_with_one_line(work, tmp_p
 def test_smollm2_two_ranks_train_the_same_model_as_one_process(tmp_path):
     """The real chat model (Llama, tied head, 49k vocabulary, chat template) through FSDP2:
     one step of the SmolLM2 example on one process and on 2 ranks, compared as above (the
-    held-out evaluation after it generates with the refreshed replica)."""
+    held-out evaluation after it generates with the refreshed replica). The fast tier's
+    2-rank tests use the tiny model (untied head); this proves the tied embedding/head under
+    FSDP2, the fused log-prob head inside FSDP's forward at a 49k vocabulary, and the HF
+    export of a real model from shards."""
     import json
 
     from tests.support.smollm2 import SMOLLM2, smollm2_model_dir

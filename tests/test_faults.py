@@ -8,6 +8,7 @@ came too late is retried earlier, see ``tests.support.faults.trial``)."""
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -18,22 +19,14 @@ pytestmark = pytest.mark.skipif(
     not (harness.MODEL / "config.json").exists(), reason="tiny model not built"
 )
 
-# (fault point, occurrence), chosen so that a checkpoint exists before the kill
-PHASES = [
-    ("step_start", 4),
-    ("generate", 5),
-    ("verify", 6),
-    ("history_append", 3),
-    ("update", 7),
-    ("history_commit", 8),
-    ("history_committed", 2),
-    ("step_end", 9),
-    ("epoch_end", 1),
-    ("checkpoint_write", 3),
-    ("checkpoint_publish", 6),
-    ("checkpoint_latest", 7),
-    ("checkpoint_prune", 2),
+# The slow tier kills one lineage several times (tests.support.faults.chain): the first kill
+# counts occurrences in a fresh process, each later one in the resume it kills. 12 steps.
+PHASE_CHAINS = [
+    ["step_start:4", "generate:2", "verify:2", "history_append:2", "update:2"],
+    ["epoch_end:1", "history_commit:2", "history_committed:2", "step_end:2"],
+    ["checkpoint_write:3", "checkpoint_publish:2", "checkpoint_latest:2", "checkpoint_prune:2"],
 ]
+RANDOM_CHAINS = [["kill", "kill", "int"], ["kill", "kill", "term"], ["kill", "kill", "kill"]]
 # the default suite: 4 steps per epoch, a checkpoint every 2 steps
 DEFAULT = [("update", 5), ("checkpoint_publish", 2), ("epoch_end", 1)]
 
@@ -64,21 +57,39 @@ def test_kill_at_random_moment_then_resume_matches(workdir, quick):
     assert info["resumed_step"] <= info["logged_steps"] < 8
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("point", "n"), PHASES, ids=[f"{p}:{n}" for p, n in PHASES])
-def test_slow_kill_at_every_phase(workdir, full, point, n):
-    harness.trial(workdir, full, fault=f"{point}:{n}", name=f"s-{point}-{n}")
+def test_the_slow_tier_kills_at_every_fault_point_there_is():
+    """A fault point added to the kernel must join a lineage above, or nothing kills there."""
+    points = {
+        m
+        for f in (harness.ROOT / "srpo").rglob("*.py")
+        for m in re.findall(r'fault_point\("(\w+)"\)', f.read_text())
+    }
+    killed = [k.split(":")[0] for c in PHASE_CHAINS for k in c]
+    assert len(points) >= 13 and sorted(killed) == sorted(points)
+
+
+def _ids(chains: list[list]) -> list[str]:
+    return ["+".join(k if isinstance(k, str) else k[-1] for k in c) for c in chains]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("kills", PHASE_CHAINS, ids=_ids(PHASE_CHAINS))
+def test_slow_kill_at_every_phase(workdir, full, kills):
+    """SIGKILL at each of the kernel's 13 fault points (the fast tier kills at 3), in three
+    lineages: each later kill hits a resumed process, and each resume must continue exactly
+    from the newest checkpoint. Proves that no phase, checkpoint publishing and history
+    commits included, has a window in which dying loses or duplicates anything."""
+    assert len(harness.chain(workdir, full, kills, name="s-" + _ids([kills])[0])) == len(kills)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(len(RANDOM_CHAINS)))
 def test_slow_kill_at_random_moments(workdir, full, seed):
+    """SIGKILL (and SIGINT/SIGTERM: a graceful stop) at random moments within a step, three
+    times per lineage: kills that no named fault point aims at (mid-write of a file, inside
+    a library call), and a signal's checkpoint followed by a SIGKILL of the resumed run. The
+    fast tier has one random kill and SIGINT; this covers SIGTERM and repeated kills."""
     rng = random.Random(1000 + seed)
-    harness.trial(workdir, full, at=rng.uniform(0.0, 0.9), name=f"s-random-{seed}")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("how", ["int", "term"])
-def test_slow_signal_at_random_moment(workdir, full, how):
-    at = random.Random(how).uniform(0.0, 0.85)
-    harness.trial(workdir, full, at=at, how=how, name=f"s-signal-{how}")
+    kills = [(rng.uniform(0.0, 0.45), rng.random(), how) for how in RANDOM_CHAINS[seed]]
+    done = harness.chain(workdir, full, kills, name=f"s-random-{seed}")
+    assert [d["exit"] for d in done] == [harness.EXIT[h] for h in RANDOM_CHAINS[seed]]

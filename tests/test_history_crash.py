@@ -189,12 +189,18 @@ def test_reader_during_writes_sees_whole_steps(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_kill9_many_trials(tmp_path: Path) -> None:
+    """100 kill -9 trials in a row on one store (the fast tier runs 24): random block and
+    segment sizes, rewinds, torn writes at syscall failpoints. What it adds is breadth: the
+    rare interleavings (a kill during a segment roll-over right after a rewind, a torn footer
+    of a tiny block) that 24 draws rarely reach; each trial checks every committed record."""
     run_trials(tmp_path / "history", 100, random.Random(99))
 
 
 @pytest.mark.slow
 def test_kill9_at_every_syscall_of_a_rewind(tmp_path: Path) -> None:
-    """Deterministic failpoints across open + truncate_after + the first commits."""
+    """Deterministic failpoints across open + truncate_after + the first commits: a kill at
+    each of the first 59 syscalls of a rewinding open (the path ``--resume`` takes), torn
+    writes included. No fast test walks every syscall of a rewind; random trials hit few."""
     root = tmp_path / "history"
     c = Child(root, "--steps", "60", "--segment-bytes", str(4 << 10))
     c.p.wait(timeout=60)

@@ -14,6 +14,11 @@ from benchmarks import learning_efficiency as le
 
 @pytest.mark.slow
 def test_small_experiment_produces_table_and_plot(tmp_path, capsys):
+    """The experiment runner end to end: three methods (GRPO, DAPO, SRPO with step-level
+    selection) train through the real CLI on both domains, with held-out evaluations, and
+    the runner's table, JSON, plot and --reuse logic work on what they wrote. The fast tier
+    tests the runner's summaries on hand-made metrics; only this trains with each method's
+    curriculum as the experiment configures it."""
     out = tmp_path / "eff"
     argv = [
         "--methods",

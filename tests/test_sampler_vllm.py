@@ -215,6 +215,11 @@ def metrics_of(run_dir: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_srpo_run_with_the_vllm_sampler_trains_resumes_and_stops_on_a_hung_sync(tmp_path: Path):
+    """``srpo run`` with ``sampler: vllm`` on SmolLM2, through the CLI: a step is trained and
+    its sync probed; a resume whose first sync hangs exits 1 with one line within
+    ``sync_timeout_s`` and leaves the checkpoints as they were; a resume then reloads the
+    checkpoint's weights into a fresh engine (probed) and trains on. The fast tier drives
+    the sampler in-process; only this runs the kernel, checkpoints and exits around it."""
     smollm2_model_dir()  # builds the example's model (or skips) before the subprocesses
     out = tmp_path / "run"
     first = srpo(["run", str(RUN_FILE), "--set", "run.max_steps=1"], out)
@@ -257,7 +262,8 @@ def test_srpo_run_with_the_vllm_sampler_trains_resumes_and_stops_on_a_hung_sync(
 @pytest.mark.slow
 def test_two_ranks_each_sync_their_engine_from_the_sharded_policy(tmp_path: Path):
     """``srpo run --nproc 2``: each rank's engine gets the FSDP-sharded weights gathered one
-    parameter at a time, and the probe proves they arrived after every update."""
+    parameter at a time, and the probe proves they arrived after every update. The fast
+    tier syncs an engine from an unsharded policy only; this is the only FSDP2 → vLLM push."""
     smollm2_model_dir()
     out = tmp_path / "run"
     run = srpo(

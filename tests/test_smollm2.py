@@ -174,7 +174,10 @@ sys.exit(rc)
 @pytest.mark.slow
 def test_example_trains_two_steps(model_dir: Path, tmp_path: Path):
     """The example's run file with a tiny budget, in a subprocess so its peak RSS is its own
-    (the wrapper reads RUSAGE_CHILDREN: the largest process among its descendants)."""
+    (the wrapper reads RUSAGE_CHILDREN: the largest process among its descendants). What no
+    fast test proves: the shipped SmolLM2 run file trains both curriculum stages on the real
+    chat model with the hf sampler (behaviour log-probs equal the trainer's), under 4 GB
+    peak RSS, and its checkpoint loads back with transformers."""
     out = tmp_path / "run"
     overrides = {
         "policy.path": str(model_dir),

@@ -70,7 +70,9 @@ def test_output_dir_holding_another_run_is_refused(write_config, tmp_path, capsy
 
 @pytest.mark.slow
 def test_default_run_learns(tmp_path, capsys):
-    """The shipped default run: held-out greedy accuracy rises by at least 15 points."""
+    """The shipped default run (the README's main command, full length: two stages, history
+    resampling, math and code): held-out greedy accuracy rises by at least 15 points. Fast
+    tests run pieces of it for a step or two; only this shows that the whole run learns."""
     out = tmp_path / "default"
     assert main(["run", str(TINY / "plugins.yaml"), "--set", f"run.output_dir={out}"]) == 0
     rows = read_metrics(out)

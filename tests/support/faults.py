@@ -378,3 +378,77 @@ def trial(
         info["late_attempts"] = late
         return info
     raise AssertionError(f"{name}: every kill landed after the training was over: {late}")
+
+
+# -- several kills of one run ---------------------------------------------------------------
+
+
+def chain(
+    workdir: Path, cfg: dict, kills: list[str | tuple[float, float, str]], *, name: str
+) -> list[dict[str, Any]]:
+    """Kill one run again and again: the first invocation, then each ``--resume`` in turn, is
+    killed as ``kills`` says, the last resume runs to the end, and the result must equal the
+    uninterrupted reference as in :func:`trial`. A kill is a fault point ``"NAME:N"`` (the
+    N-th time *that process* reaches it) or ``(u, v, how)``: SIGKILL/SIGINT/SIGTERM (``how``
+    in ``kill``/``int``/``term``) in the step a ``u`` (0 ≤ u < 1) share of the way through
+    the steps the run has left (one this process trains, never the last, so the kill always
+    lands before the training is over), ``v`` (0 ≤ v < 1) of a step's time into it.
+
+    One lineage proves for each kill what a separate :func:`trial` would (the kill landed
+    mid-run, the next invocation resumed from the newest checkpoint, the end result is
+    exact) at the price of about one run instead of one per kill; and every kill after the
+    first hits a process that is itself a resume. Returns what happened at each kill."""
+    ref_metrics, ref_history = reference(cfg, workdir)
+    steps = len(step_rows(ref_metrics))
+    out = workdir / name
+    c = json.loads(json.dumps(cfg))
+    c["run"]["output_dir"] = str(out)
+    path = write(c, workdir / f"{name}.yaml")
+    done: list[dict[str, Any]] = []
+    resumed = newest = 0
+    for i, spec in enumerate(kills):
+        args = ("--resume",) if i else ()
+        info: dict[str, Any] = {"name": name, "kill": spec, "index": i}
+        if isinstance(spec, str):
+            how = "kill"
+            proc = start(path, *args, SRPO_FAULT_AT=spec)
+        else:
+            u, v, how = spec
+            before = len(step_rows(logged_rows(out)))  # rows this process cuts or redoes
+            proc = start(path, *args)
+            base = max(before, 1)
+            assert steps - base >= 2, f"{info}: too few steps left for a mid-run kill"
+            target = base + int(u * (steps - base - 1))  # never the last step
+            # the first row this process writes is step `before`: wait for one of its own
+            if wait_for(out / "checkpoints" / "latest", proc):
+                row = wait_for_step(out, max(target - 1, before if i else 0), proc)
+                if row is not None:
+                    time.sleep(v * float(row.get("time/step") or 0.5))
+                    kill(proc, how)
+        code, stdout, err = finish(proc)
+        rows = logged_rows(out)
+        info |= {"exit": code, "logged_steps": len(step_rows(rows))}
+        assert code == EXIT[how], f"{info}: the kill did not land ({code}): {err[-2000:]}"
+        assert not completed(rows), f"{info}: the run had completed before the kill"
+        if i:
+            info["resumed_from"] = _resumed_step(stdout, out)
+            assert resumed <= info["resumed_from"] <= newest, f"{info}: newest was {newest}"
+            resumed = info["resumed_from"]
+        newest = max(check_checkpoints(out), default=0)
+        assert newest >= 1, f"{info}: killed before the first checkpoint"
+        done.append(info)
+    logged = step_rows(logged_rows(out))
+    check_resumed(resume_to_end(path, out), out, logged, steps)
+    check_checkpoints(out)
+    diff = first_difference(ref_metrics, comparable(metrics(out)))
+    assert diff is None, f"{name} {done}: metrics differ from the uninterrupted run: {diff}"
+    check_history(out, ref_history)
+    return done
+
+
+def _resumed_step(stdout: str, run_dir: Path) -> int:
+    """The step a ``--resume`` said it continued from (one of ``run_dir``'s checkpoints)."""
+    m = next((m for m in map(RESUMING.match, stdout.splitlines()) if m), None)
+    assert m, f"the resume did not report a checkpoint it resumed from: {stdout[-1000:]}"
+    assert Path(m[1]).parent == run_dir / "checkpoints", m[0]
+    return int(m[2])

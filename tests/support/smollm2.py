@@ -5,6 +5,7 @@ it at most once (about a minute on 2 cores) and later sessions reuse it."""
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import importlib.metadata
 import importlib.util
@@ -41,7 +42,12 @@ def _model_dir() -> Path | None:
         importlib.metadata.distribution(PACKAGE)
     except importlib.metadata.PackageNotFoundError:
         return None
-    return script.build(out, quiet=True)
+    # Parallel test workers (pytest-xdist) may all ask at once: one builds, the others wait
+    # on the lock and then find it built, instead of converting the same GGUF side by side.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return out if script.is_built(out) else script.build(out, quiet=True)
 
 
 def smollm2_model_dir() -> Path:
