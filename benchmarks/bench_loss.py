@@ -46,6 +46,7 @@ import pytest
 import torch
 
 import srpo.ops as ops
+from benchmarks.device_peaks import hbm_peak_gbs
 from srpo.algo import LossConfig, grpo_loss_reference
 
 N = int(os.environ.get("SRPO_BENCH_N", 4096))
@@ -450,8 +451,6 @@ def test_loss(benchmark, record, capsys, cpu_inputs, threads: int, name: str) ->
 def test_fused_cuda(benchmark, record, dtype) -> None:
     """Fused fwd+bwd on the GPU; the full set (floor, GB/s vs peak, linear log-probs) is
     ``python -m benchmarks.gpu``."""
-    from benchmarks.gpu import hbm_peak_gbs
-
     if not ops.active_backend().endswith("cuda"):
         pytest.skip("no CUDA kernels in this build")
     step = loss_step("fused", make_inputs(N, T, "cuda", dtype))

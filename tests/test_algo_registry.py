@@ -13,11 +13,11 @@ from srpo.algo import (
     SurrogateOutput,
     group_advantages,
     grpo_loss_reference,
-    make_loss_fn,
     register_advantage,
     register_policy_loss,
 )
 from srpo.algo.registry import Registry
+from srpo.ops import make_loss_fn
 
 
 def _batch(seed: int = 0, n_groups: int = 3, g: int = 4, t: int = 5):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gpu
+from benchmarks import device_peaks, gpu
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,14 +99,14 @@ def test_replace_section_refuses_unbalanced_markers() -> None:
 
 
 def test_hbm_peak_table_picks_the_specific_name_first() -> None:
-    assert gpu.hbm_peak_gbs("NVIDIA H200") == ("H200", 4800.0)
-    assert gpu.hbm_peak_gbs("NVIDIA GH200 480GB") == ("GH200", 4000.0)
-    assert gpu.hbm_peak_gbs("NVIDIA H100 PCIe") == ("H100 PCIe", 2000.0)
-    assert gpu.hbm_peak_gbs("NVIDIA H100 80GB HBM3") == ("H100", 3350.0)
-    assert gpu.hbm_peak_gbs("NVIDIA A100-SXM4-80GB") == ("A100-SXM4-80GB", 2039.0)
-    assert gpu.hbm_peak_gbs("NVIDIA A100-PCIE-40GB") == ("A100", 1555.0)
-    assert gpu.hbm_peak_gbs("NVIDIA A10G") == ("A10", 600.0)
-    assert gpu.hbm_peak_gbs("NVIDIA L40S") == ("L40S", 864.0)
-    assert gpu.hbm_peak_gbs("NVIDIA L4") == ("L4", 300.0)
-    assert gpu.hbm_peak_gbs("Tesla T4") == ("T4", 320.0)
-    assert gpu.hbm_peak_gbs("Some Future GPU") is None
+    assert device_peaks.hbm_peak_gbs("NVIDIA H200") == ("H200", 4800.0)
+    assert device_peaks.hbm_peak_gbs("NVIDIA GH200 480GB") == ("GH200", 4000.0)
+    assert device_peaks.hbm_peak_gbs("NVIDIA H100 PCIe") == ("H100 PCIe", 2000.0)
+    assert device_peaks.hbm_peak_gbs("NVIDIA H100 80GB HBM3") == ("H100", 3350.0)
+    assert device_peaks.hbm_peak_gbs("NVIDIA A100-SXM4-80GB") == ("A100-SXM4-80GB", 2039.0)
+    assert device_peaks.hbm_peak_gbs("NVIDIA A100-PCIE-40GB") == ("A100", 1555.0)
+    assert device_peaks.hbm_peak_gbs("NVIDIA A10G") == ("A10", 600.0)
+    assert device_peaks.hbm_peak_gbs("NVIDIA L40S") == ("L40S", 864.0)
+    assert device_peaks.hbm_peak_gbs("NVIDIA L4") == ("L4", 300.0)
+    assert device_peaks.hbm_peak_gbs("Tesla T4") == ("T4", 320.0)
+    assert device_peaks.hbm_peak_gbs("Some Future GPU") is None

@@ -373,7 +373,7 @@ def test_backend_info() -> None:
     assert info["backend"] in ("compiled-cpu", "compiled-cuda", "jit-cpu", "jit-cuda")
     ns = ops._loader.ensure_loaded()
     assert info["abi_version"] == int(getattr(torch.ops, ns).abi_version())
-    assert len(STAT_NAMES) + 5 == ops._loader.NUM_STATS  # + the non-finite counters
+    assert len(STAT_NAMES) + 5 == ops._autograd.NUM_STATS  # + the non-finite counters
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ops.active_backend()  # loaded backend: no new warnings

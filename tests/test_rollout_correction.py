@@ -19,11 +19,10 @@ from srpo.algo import (
     RolloutCorrectionOptions,
     correction_weights,
     grpo_loss_reference,
-    make_loss_fn,
 )
 from srpo.config import AlgorithmSection, load_config
 from srpo.errors import ConfigError
-from srpo.ops import active_backend
+from srpo.ops import active_backend, make_loss_fn
 from tests.support.ops import make_batch
 
 F64 = torch.float64

@@ -3,7 +3,8 @@ registries where algorithms vary, and DAPO's reward/loss-mask shaping."""
 
 from srpo.algo.dapo import OverlongOptions, loss_mask, shape_scores
 from srpo.algo.groups import group_has_signal
-from srpo.algo.grpo import (
+from srpo.algo.grpo import group_advantages, grpo_loss_reference
+from srpo.algo.loss_config import (
     AGGREGATIONS,
     KL_ESTIMATORS,
     STAT_NAMES,
@@ -11,11 +12,8 @@ from srpo.algo.grpo import (
     LossConfig,
     LossOutput,
     SurrogateOutput,
-    group_advantages,
-    grpo_loss_reference,
-    validate_inputs,
 )
-from srpo.algo.loss import make_loss_fn
+from srpo.algo.loss_inputs import validate_inputs
 from srpo.algo.registry import (
     ADVANTAGES,
     KL_PENALTIES,
@@ -49,7 +47,6 @@ __all__ = [
     "group_has_signal",
     "grpo_loss_reference",
     "loss_mask",
-    "make_loss_fn",
     "register_advantage",
     "register_aggregation",
     "register_kl",

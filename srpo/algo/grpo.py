@@ -40,8 +40,9 @@ at m != 0, or in rewards, raise ``ValueError`` (``check_finite=True``, the defau
 
 Each piece above is a registered function (``srpo.algo.registry``): the advantage estimator
 (``grpo``; also ``rloo``, leave-one-out), the surrogate (``ppo_clip``), the KL estimator and
-the aggregation are looked up by the names in ``LossConfig``; ``grpo_loss_reference`` composes
-them. The compiled op implements the built-in combination (``LossConfig.fused``).
+the aggregation are looked up by the names in ``LossConfig`` (``srpo.algo.loss_config``, with
+the result types; the argument checks: ``srpo.algo.loss_inputs``); ``grpo_loss_reference``
+composes them. The compiled op implements the built-in combination (``LossConfig.fused``).
 
 Host syncs: this is the oracle, not the fast path — grouping (``torch.unique`` and the group
 count) reads the device, and ``check_finite`` reads one flag per input. The compiled op
@@ -59,12 +60,19 @@ has no clipping reports 0 for the clip fractions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
+from srpo.algo.loss_config import (
+    STAT_NAMES,
+    GroupAdvantages,
+    LossConfig,
+    LossOutput,
+    SurrogateOutput,
+)
+from srpo.algo.loss_inputs import validate_inputs
 from srpo.algo.registry import (
     ADVANTAGES,
     KL_PENALTIES,
@@ -75,218 +83,12 @@ from srpo.algo.registry import (
     register_kl,
     register_policy_loss,
 )
-from srpo.algo.rollout_correction import RolloutCorrectionOptions
 
 __all__ = [
-    "AGGREGATIONS",
-    "KL_ESTIMATORS",
-    "STAT_NAMES",
-    "GroupAdvantages",
-    "LossConfig",
-    "LossOutput",
-    "SurrogateOutput",
     "group_advantages",
     "grpo_loss_reference",
-    "validate_inputs",
     "zero_gradient_at_zero_advantage",
 ]
-
-#: The built-in names the compiled op implements (its enum order: csrc/grpo.h).
-KL_ESTIMATORS = ("k1", "k2", "k3")
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-# Order matches the compiled op's stats vector (csrc/grpo.h, GrpoOut minus the loss).
-STAT_NAMES = (
-    "clip_frac_low",
-    "clip_frac_high",
-    "dual_clip_frac",
-    "approx_kl",
-    "kl",
-    "adv_abs_mean",
-    "zero_adv_group_frac",
-    "tokens",
-    "sequences",
-)
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Options of the GRPO-family loss; defaults are plain GRPO with symmetric clipping.
-
-    ``advantage``, ``policy_loss``, ``kl_estimator`` and ``aggregation`` are names in the
-    registries of ``srpo.algo.registry``.
-    """
-
-    advantage: str = "grpo"
-    policy_loss: str = "ppo_clip"
-    clip_low: float = 0.2  # ratio lower bound 1 - clip_low
-    clip_high: float = 0.2  # ratio upper bound 1 + clip_high (DAPO clip-higher: 0.28)
-    dual_clip: float | None = None  # dual-clip constant c > 1 (negative advantages); None = off
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    aggregation: str = "token-mean"
-    norm_constant: float | None = None  # seq-mean-token-sum-norm divisor; None -> T
-    std_normalize: bool = True  # GRPO (True) vs Dr.GRPO (False)
-    eps: float = 1e-6
-    zero_var_tol: float = 1e-6  # flat-group rule, relative to max(1, |mean|)
-    check_finite: bool = True  # raise on NaN/inf at mask != 0 (one host read of 5 counters)
-    # importance correction of the behaviour/trainer mismatch: the policy turns it into the
-    # loss's token_weight (srpo.algo.rollout_correction.correction_weights)
-    rollout_correction: RolloutCorrectionOptions = field(default_factory=RolloutCorrectionOptions)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.rollout_correction, Mapping):
-            rc = RolloutCorrectionOptions(**self.rollout_correction)
-            object.__setattr__(self, "rollout_correction", rc)
-        if not isinstance(self.rollout_correction, RolloutCorrectionOptions):
-            raise ValueError(
-                "LossConfig.rollout_correction must be RolloutCorrectionOptions or a mapping, "
-                f"got {type(self.rollout_correction).__name__}"
-            )
-        for name, registry in (
-            ("advantage", ADVANTAGES),
-            ("policy_loss", POLICY_LOSSES),
-            ("kl_estimator", KL_PENALTIES),
-            ("aggregation", LOSS_AGGREGATIONS),
-        ):
-            if getattr(self, name) not in registry:
-                raise ValueError(f"LossConfig.{name}: {registry.unknown(getattr(self, name))}")
-        if not 0.0 <= self.clip_low < 1.0:
-            raise ValueError(f"LossConfig.clip_low must be in [0, 1), got {self.clip_low}")
-        if not self.clip_high >= 0.0:
-            raise ValueError(f"LossConfig.clip_high must be >= 0, got {self.clip_high}")
-        if self.dual_clip is not None and not self.dual_clip > 1.0:
-            raise ValueError(f"LossConfig.dual_clip must be > 1 or None, got {self.dual_clip}")
-        if not self.kl_coef >= 0.0:
-            raise ValueError(f"LossConfig.kl_coef must be >= 0, got {self.kl_coef}")
-        if self.norm_constant is not None and not self.norm_constant > 0.0:
-            raise ValueError(f"LossConfig.norm_constant must be > 0, got {self.norm_constant}")
-        if not self.eps >= 0.0 or not self.zero_var_tol >= 0.0:
-            raise ValueError("LossConfig.eps and zero_var_tol must be >= 0")
-
-    @classmethod
-    def from_options(cls, options: Any) -> LossConfig:
-        """From any object with same-named attributes (the run file's ``algorithm`` section):
-        every LossConfig field it has, defaults for the others."""
-        values: Mapping[str, Any] = (
-            options if isinstance(options, Mapping) else getattr(options, "__dict__", {})
-        )
-        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
-
-    @property
-    def zero_advantage_means_zero_gradient(self) -> bool:
-        """Whether rollouts with advantage 0 contribute exactly nothing to the gradient."""
-        surrogate = POLICY_LOSSES.get(self.policy_loss)
-        return self.kl_coef == 0.0 and getattr(surrogate, "zero_gradient_at_zero_advantage", False)
-
-    @property
-    def fused(self) -> bool:
-        """Whether the compiled op implements this combination (else it runs in torch)."""
-        return (
-            self.advantage == "grpo"
-            and self.policy_loss == "ppo_clip"
-            and self.kl_estimator in KL_ESTIMATORS
-            and self.aggregation in AGGREGATIONS
-        )
-
-
-class LossOutput(NamedTuple):
-    """Scalar loss (differentiable w.r.t. logp) and detached 0-dim stats (see STAT_NAMES)."""
-
-    loss: torch.Tensor
-    stats: dict[str, torch.Tensor]
-
-
-class GroupAdvantages(NamedTuple):
-    """What an advantage estimator returns: per-rollout advantages [N] float64 and which of
-    the (dense, sorted) groups [G] are flat (their advantages are all exactly 0)."""
-
-    advantages: torch.Tensor
-    flat: torch.Tensor
-
-
-class SurrogateOutput(NamedTuple):
-    """What a policy-loss surrogate returns: the per-token loss [N, T] and boolean [N, T]
-    maps whose mask-weighted shares become stats (``clip_frac_low``, ...)."""
-
-    per_token: torch.Tensor
-    token_flags: dict[str, torch.Tensor]
-
-
-_FLOAT_LOGP = (torch.float32, torch.float64, torch.bfloat16)
-
-
-def _check_tensors(named: Mapping[str, torch.Tensor], logp: torch.Tensor) -> None:
-    for name, x in named.items():
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if logp.dim() != 2:
-        raise ValueError(f"logp must be 2-D [N, T], got shape {tuple(logp.shape)}")
-    if logp.dtype not in _FLOAT_LOGP:
-        raise ValueError(f"logp must be float32, float64 or bfloat16, got {logp.dtype}")
-    for name, x in named.items():
-        if x.device != logp.device:
-            raise ValueError(f"{name} is on {x.device} but logp is on {logp.device}")
-
-
-def _check_token_inputs(named: Mapping[str, torch.Tensor], logp: torch.Tensor) -> None:
-    for name in ("old_logp", "mask", "ref_logp", "token_weight"):
-        x = named.get(name)
-        if x is not None and x.shape != logp.shape:
-            raise ValueError(
-                f"{name} must have the shape of logp {tuple(logp.shape)}, got {tuple(x.shape)}"
-            )
-    for name in ("old_logp", "ref_logp"):
-        x = named.get(name)
-        if x is not None and x.dtype != logp.dtype:
-            raise ValueError(
-                f"{name} dtype {x.dtype} != logp dtype {logp.dtype}; cast with .to(logp.dtype)"
-            )
-    mask = named["mask"]
-    if mask.dtype != torch.bool and not mask.dtype.is_floating_point:
-        raise ValueError(f"mask must be bool or floating point, got {mask.dtype}")
-    weight = named.get("token_weight")
-    if weight is not None and not weight.dtype.is_floating_point:
-        raise ValueError(f"token_weight must be floating point, got {weight.dtype}")
-
-
-def _check_row_inputs(rewards: torch.Tensor, group_ids: torch.Tensor, n: int) -> None:
-    for name, x in (("rewards", rewards), ("group_ids", group_ids)):
-        if x.shape != (n,):
-            raise ValueError(f"{name} must have shape [N] = ({n},), got {tuple(x.shape)}")
-    if not rewards.dtype.is_floating_point:
-        raise ValueError(f"rewards must be floating point, got {rewards.dtype}")
-    if (
-        group_ids.dtype.is_floating_point
-        or group_ids.dtype.is_complex
-        or group_ids.dtype in (torch.bool,)
-    ):
-        raise ValueError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
-
-
-def validate_inputs(
-    rewards: torch.Tensor,
-    group_ids: torch.Tensor,
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    mask: torch.Tensor,
-    ref_logp: torch.Tensor | None,
-    cfg: LossConfig,
-    token_weight: torch.Tensor | None = None,
-) -> None:
-    """Metadata checks only (no host sync); errors name the offending argument."""
-    if not isinstance(cfg, LossConfig):
-        raise TypeError(f"cfg must be a LossConfig, got {type(cfg).__name__}")
-    named = {"rewards": rewards, "group_ids": group_ids, "logp": logp, "old_logp": old_logp}
-    named["mask"] = mask
-    if ref_logp is not None:
-        named["ref_logp"] = ref_logp
-    if token_weight is not None:
-        named["token_weight"] = token_weight
-    _check_tensors(named, logp)
-    _check_token_inputs(named, logp)
-    _check_row_inputs(rewards, group_ids, logp.shape[0])
-    if cfg.kl_coef > 0.0 and ref_logp is None:
-        raise ValueError("ref_logp is required when LossConfig.kl_coef > 0")
 
 
 # --------------------------------------------------------------------------- advantages
@@ -538,7 +340,7 @@ def grpo_loss_reference(
     old_logp: torch.Tensor,
     mask: torch.Tensor,
     ref_logp: torch.Tensor | None = None,
-    cfg: LossConfig = LossConfig(),
+    cfg: LossConfig = LossConfig(),  # noqa: B008 (frozen dataclass: immutable default)
     token_weight: torch.Tensor | None = None,
 ) -> LossOutput:
     """The GRPO-family loss in plain torch ops, composed from the registered pieces named in

@@ -21,7 +21,6 @@ from pydantic import ValidationError
 
 from srpo import registry
 from srpo.algo import registry as algo_registry
-from srpo.algo.loss import compiled_unsupported
 from srpo.api import Plugin, PluginContext
 from srpo.config import LoadedConfig, PluginSpec, RunConfig, format_validation_error, resolve_path
 from srpo.data import load_dataset
@@ -39,6 +38,7 @@ from srpo.kernel.checkpoint import (
 )
 from srpo.kernel.loop import Kernel, KernelSettings
 from srpo.kernel.roles import Roles, close_plugins, sync_sampler
+from srpo.ops import compiled_unsupported
 from srpo.types import Prompt
 
 RUN_MARKER = "srpo-run.json"
@@ -314,7 +314,7 @@ def _make_policy(
 ) -> Any:
     """Threads and seed first (model loading draws from the RNG), then the policy with the
     loss of ``algorithm.loss_backend`` (sharded with FSDP2 in a data-parallel run)."""
-    from srpo.algo import make_loss_fn
+    from srpo.ops import make_loss_fn
     from srpo.policy import Policy
 
     cfg = loaded.config

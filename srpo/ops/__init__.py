@@ -17,10 +17,15 @@ keyword-only arguments named like the ``LossConfig`` fields (``op_options``), ``
 
 Backends: ``"auto"`` (compiled when it loaded and supports the device, else the reference with
 one warning), ``"compiled"`` (error if unavailable), ``"reference"`` (the torch oracle).
+
+``make_loss_fn`` is the loss the policy trains with: this op for the built-in GRPO family, the
+registry composition of ``srpo.algo`` in torch for everything else. It lives here, above both,
+because it needs the op and the reference alike (``srpo.algo`` never imports ``srpo.ops``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,9 +45,11 @@ __all__ = [
     "LossOutput",
     "active_backend",
     "backend_info",
+    "compiled_unsupported",
     "grpo_loss",
     "linear_logprobs",
     "linear_logprobs_reference",
+    "make_loss_fn",
     "op_options",
 ]
 
@@ -176,3 +183,56 @@ def grpo_loss(
         _raise_if_nonfinite(stats_vec)
     stats = {name: stats_vec[k] for k, name in enumerate(STAT_NAMES)}
     return LossOutput(loss, stats)
+
+
+#: What the policy calls: ``(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg=...,
+#: token_weight=...)`` (``token_weight``: the rollout-correction weights, or None).
+LossFn = Callable[..., LossOutput]
+
+
+def make_loss_fn(backend: str = "auto") -> LossFn:
+    """A loss function for ``algorithm.loss_backend``: ``auto`` (compiled where it applies,
+    else torch), ``compiled`` (the fused op; an error for a combination it does not
+    implement) or ``reference`` (always the torch composition)."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"loss backend must be one of {_BACKENDS}, got {backend!r}")
+
+    def loss(
+        rewards: torch.Tensor,
+        group_ids: torch.Tensor,
+        logp: torch.Tensor,
+        old_logp: torch.Tensor,
+        mask: torch.Tensor,
+        ref_logp: torch.Tensor | None = None,
+        cfg: LossConfig = LossConfig(),  # noqa: B008 (frozen dataclass: immutable default)
+        token_weight: torch.Tensor | None = None,
+    ) -> LossOutput:
+        if backend == "reference" or not cfg.fused:
+            if backend == "compiled":
+                raise ValueError(compiled_unsupported(cfg))
+            return grpo_loss_reference(
+                rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, token_weight
+            )
+        return grpo_loss(
+            rewards,
+            group_ids,
+            logp,
+            old_logp,
+            mask,
+            ref_logp,
+            cfg,
+            backend=backend,
+            token_weight=token_weight,
+        )
+
+    return loss
+
+
+def compiled_unsupported(cfg: LossConfig) -> str:
+    """Why the compiled op cannot run ``cfg`` (the message of ``loss_backend: compiled``)."""
+    return (
+        f"the compiled loss implements advantage 'grpo', policy_loss 'ppo_clip', the built-in "
+        f"KL estimators and aggregations; got advantage {cfg.advantage!r}, policy_loss "
+        f"{cfg.policy_loss!r}, kl_estimator {cfg.kl_estimator!r}, aggregation "
+        f"{cfg.aggregation!r}: use loss_backend 'auto' or 'reference'"
+    )

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from srpo.ops._loader import NUM_STATS
+NUM_STATS = 14  # csrc/grpo.h kNumOut - 1 (the stats vector the op returns)
 
 _registered: set[str] = set()
 # rewards, group_ids, logp, old_logp, mask, ref_logp, token_weight; the rest is kw-only

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
+from srpo.ops._autograd import register as register_autograd
+
 ABI_VERSION = 5  # csrc/grpo.h kGrpoAbiVersion
-NUM_STATS = 14  # csrc/grpo.h kNumOut - 1 (the stats vector the op returns)
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 JIT_NAME = "srpo_ops_jit"
 
@@ -142,9 +143,7 @@ def _try_jit() -> bool:
 
 def _register(ns: str) -> None:
     """Fake (meta) kernel for torch.compile and the autograd formula, for namespace ``ns``."""
-    from srpo.ops._autograd import register
-
-    register(ns)
+    register_autograd(ns)
     _state.cuda_kernels = bool(getattr(torch.ops, ns).has_cuda_kernels())
 
 
