@@ -28,9 +28,9 @@ def test_small_experiment_produces_table_and_plot(tmp_path, capsys):
         "--seeds",
         "0",
         "--steps",
-        "6",
+        "4",
         "--eval-every",
-        "3",
+        "2",
         "--eval-prompts",
         "16",
         "--target",
@@ -45,8 +45,8 @@ def test_small_experiment_produces_table_and_plot(tmp_path, capsys):
     assert set(results) == {"grpo", "dapo", "srpo_select"}
     for runs in results.values():
         (run,) = runs
-        assert [s for s, _ in run["eval_curve"]] == [0, 3, 6]
-        assert len(run["effective_ratio"]) == 6
+        assert [s for s, _ in run["eval_curve"]] == [0, 2, 4]
+        assert len(run["effective_ratio"]) == 4
         assert {"accuracy/math", "accuracy/code"} <= set(run["final"])
         assert set(run["steps_to_target_by_domain"]) == {"math", "code"}
     # DAPO over-samples: it generates at least as many rollouts per step as the others
@@ -68,7 +68,7 @@ def test_small_experiment_produces_table_and_plot(tmp_path, capsys):
     capsys.readouterr()
     assert le.main([*argv, "--reuse", "--methods", "grpo"]) == 0
     assert "grpo            seed 0: reused" in capsys.readouterr().out
-    changed = [*argv, "--reuse", "--methods", "grpo", "--eval-every", "2"]
+    changed = [*argv, "--reuse", "--methods", "grpo", "--steps", "2"]
     assert le.main(changed) == 0
     assert "reused" not in capsys.readouterr().out
 
