@@ -2,8 +2,8 @@
 
 Math-verify's own timeout uses ``signal.alarm``, which works only in the main thread and
 never interrupts a long C call inside sympy. So each comparison runs in a persistent worker
-subprocess (``worker.py``); one that overruns its budget is killed and a pre-started spare
-takes over at once. The bound holds whatever sympy does.
+subprocess (``worker.py``, a ``KillableWorker``); one that overruns its budget is killed and
+a pre-started spare takes over at once. The bound holds whatever sympy does.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import selectors
-import subprocess
 import sys
 import threading
 import time
@@ -21,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .._session import kill_session
+from .._worker import KillableWorker, Slot
 
 #: What a worker runs: ``worker.py`` plus the call of its entry.
 WORKER_SRC = Path(__file__).with_name("worker.py").read_text() + "\nmain()\n"
@@ -30,100 +28,45 @@ WORKER_SRC = Path(__file__).with_name("worker.py").read_text() + "\nmain()\n"
 STARTUP_TIMEOUT_S = 60.0
 
 
-class Worker:
-    """One math-verify subprocess speaking JSON lines; killed when it overruns."""
+class Worker(KillableWorker):
+    """One math-verify subprocess speaking JSON frames; killed when it overruns."""
 
     src = WORKER_SRC  # class attribute so tests can swap in a misbehaving worker
 
     def __init__(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OMP")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", self.src],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,  # a terminal ^C goes to the trainer, not here
-        )
-        self._buf = b""
-        self.ready = False
-
-    def _readline(self, deadline: float | None) -> bytes | None:
-        """One line from the worker, or None on timeout/EOF."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while b"\n" not in self._buf:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return None
-                if not sel.select(left):
-                    return None
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    return None
-                self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line
-
-    def wait_ready(self, deadline: float | None) -> bool:
-        """Whether the worker finished start-up (reported ready) by ``deadline``."""
-        if not self.ready:
-            line = self._readline(deadline)
-            self.ready = line is not None and b"ready" in line
-        return self.ready
+        super().__init__([sys.executable, "-c", self.src], env=env)
 
     def call(self, gold: str, pred: str, budget: float) -> dict[str, Any] | None:
-        """Verdict dict, or None if the worker overran ``budget`` (it is then dead)."""
+        """Verdict dict, or None if the worker overran ``budget`` or broke the protocol (it
+        is then dead)."""
         deadline = time.monotonic() + budget
-        assert self.proc.stdin is not None
+        # the worker's own alarm fires first, so most overruns cost no restart
+        req = {"gold": gold, "pred": pred, "soft": max(budget * 0.8, 0.01)}
+        if not self.send(json.dumps(req).encode()):
+            return None
+        got = self.receive(deadline)
         try:
-            # the worker's own alarm fires first, so most overruns cost no restart
-            req = {"gold": gold, "pred": pred, "soft": max(budget * 0.8, 0.01)}
-            self.proc.stdin.write((json.dumps(req) + "\n").encode())
-            self.proc.stdin.flush()
-        except OSError:
+            res = json.loads(got) if isinstance(got, bytes) else None
+        except ValueError:
+            res = None
+        if not isinstance(res, dict):
             self.kill()
             return None
-        line = self._readline(deadline)
-        if line is None:
-            self.kill()
-            return None
-        return json.loads(line)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        """Kill the worker's whole session (sympy may have started helpers) and reap it."""
-        kill_session(self.proc)
+        return res
 
 
-class Slot:
-    """A worker plus a pre-started spare, so a kill costs no start-up wait."""
+def _ready(body: bytes) -> bool:
+    return body == b'{"ready": true}'
 
-    def __init__(self, spare: bool) -> None:
-        self.worker = Worker()
-        self.spare = Worker() if spare else None
 
-    def get(self, startup_timeout: float) -> Worker:
-        """A live, ready worker: the current one, or its replacement if it was killed."""
-        if not self.worker.alive():
-            self.worker.kill()
-            if self.spare is not None:
-                self.worker, self.spare = self.spare, Worker()
-            else:
-                self.worker = Worker()
-        if not self.worker.wait_ready(time.monotonic() + startup_timeout):
-            self.worker.kill()
-            raise RuntimeError("math-verify worker failed to start")
-        return self.worker
-
-    def close(self) -> None:
-        for w in (self.worker, self.spare):
-            if w is not None:
-                w.kill()
+def live_worker(slot: Slot, startup_timeout: float) -> Worker:
+    """A live, ready worker of ``slot``: the current one, or its replacement if it died."""
+    worker = slot.live()
+    assert isinstance(worker, Worker)
+    if not worker.handshake(time.monotonic() + startup_timeout, _ready):
+        raise RuntimeError("math-verify worker failed to start")
+    return worker
 
 
 class WorkerPool:
@@ -142,7 +85,7 @@ class WorkerPool:
             if self._slots is None or self._executor is None:
                 self._slots = queue.Queue()
                 for _ in range(self.n):
-                    self._slots.put(Slot(self.spare))
+                    self._slots.put(Slot(Worker, self.spare))
                 self._executor = ThreadPoolExecutor(self.n, thread_name_prefix="mathv")
             return self._slots, self._executor
 
@@ -155,7 +98,7 @@ class WorkerPool:
         slots = self._ensure()[0]
         slot = slots.get()
         try:
-            res = slot.get(startup_timeout=STARTUP_TIMEOUT_S).call(gold, pred, budget)
+            res = live_worker(slot, STARTUP_TIMEOUT_S).call(gold, pred, budget)
             if res is None:
                 return {"correct": False, "error": f"timeout after {budget}s"}
             return res
@@ -168,7 +111,7 @@ class WorkerPool:
         held = [slots.get() for _ in range(self.n)]
         try:
             for s in held:
-                s.get(startup_timeout=STARTUP_TIMEOUT_S)
+                live_worker(s, STARTUP_TIMEOUT_S)
         finally:
             for s in held:
                 slots.put(s)

@@ -1,11 +1,12 @@
-"""The math-verify worker process: compares answers, one JSON line in, one JSON line out.
+"""The math-verify worker process: compares answers, one JSON frame in, one JSON frame out.
 
 ``pool.Worker`` runs this file's text plus ``main()`` as ``python -c``; the trainer never
 imports it (it would install a SIGALRM handler and import sympy). It is a separate process
 because sympy can hang inside C code where no signal reaches: the soft alarm here catches
 the common slow cases, and the trusted side kills the whole process when even that fails.
 
-Protocol: after start-up the worker writes ``{"ready": true}``; then per request
+Protocol (frames of ``plugins/verifiers/_worker.py``: an 8-byte big-endian length, then the
+body): after start-up the worker writes ``{"ready": true}``; then per request
 ``{"gold": str, "pred": str, "soft": seconds}`` it answers ``{"correct": bool}`` or
 ``{"correct": false, "error": str}``.
 """
@@ -16,6 +17,7 @@ import contextlib
 import json
 import os
 import signal
+import struct
 import sys
 
 TYPE_CHECKING = False
@@ -60,8 +62,21 @@ def _verdict(
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+def _write(out: Any, obj: dict[str, Any]) -> None:
+    body = json.dumps(obj).encode()
+    out.write(struct.pack("!Q", len(body)) + body)
+    out.flush()
+
+
+def _requests(inp: Any) -> Any:
+    """Request bodies until stdin closes."""
+    while len(head := inp.read(8)) == 8:
+        body = inp.read(struct.unpack("!Q", head)[0])
+        yield body
+
+
 def main() -> None:
-    out = os.fdopen(os.dup(1), "w")
+    out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints must not corrupt the protocol
     import logging
 
@@ -73,15 +88,13 @@ def main() -> None:
     # first sympy use in a process is slow: pay it before taking requests
     with contextlib.suppress(Exception):
         verify(parse("\\boxed{(x+1)^2}"), parse("\\boxed{x^2+2x+1}"))
-    out.write('{"ready": true}\n')
-    out.flush()
+    _write(out, {"ready": True})
     gold_cache: dict[str, Any] = {}
-    for line in sys.stdin:
+    for body in _requests(sys.stdin.buffer):
         try:
-            res = _verdict(json.loads(line), gold_cache, parse, verify)
+            res = _verdict(json.loads(body), gold_cache, parse, verify)
         except _Timeout:
             res = {"correct": False, "error": "timeout (sympy)"}
         except BaseException as e:
             res = {"correct": False, "error": (f"{type(e).__name__}: {e}")[:300]}
-        out.write(json.dumps(res) + "\n")
-        out.flush()
+        _write(out, res)

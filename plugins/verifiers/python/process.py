@@ -9,12 +9,7 @@ own session), and the slot starts a fresh worker for the calls that are left.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
-import selectors
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -23,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._session import kill_session
-from .runtime import frames
+from .._worker import CLOSED, SILENCE, KillableWorker
+from .._worker import Slot as WorkerSlot
 from .runtime.invoke import Args
 
 #: Seconds a worker may take to import the reward file (and what it imports) at start-up.
@@ -70,65 +65,24 @@ class StartFailure:
     option: str | None = None
 
 
-class _Silence:
-    """Nothing arrived before the deadline."""
-
-
-class _Closed:
-    """The worker's output ended: it exited or was killed."""
-
-
-SILENCE, CLOSED = _Silence(), _Closed()
-
-
-class WorkerProcess:
+class WorkerProcess(KillableWorker):
     """One worker: started at construction, ready once it has imported the reward file."""
 
     def __init__(self, target: Target) -> None:
         self.target = target
         argv = [str(RUNTIME_DIR), str(target.path), target.function, "1" if target.batched else "0"]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", BOOT, *argv],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            start_new_session=True,  # a terminal ^C goes to the trainer, which closes us
+        # stderr inherited: the function's prints and warnings reach the trainer's log
+        super().__init__(
+            [sys.executable, "-c", BOOT, *argv], stderr=None, max_reply_bytes=MAX_REPLY_BYTES
         )
-        self._buf = bytearray()
-        self.ready = False
 
-    def _fill(self, want: int, deadline: float) -> Any:
-        """Read until ``want`` bytes are buffered: None, or ``SILENCE`` / ``CLOSED``."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while len(self._buf) < want:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    return SILENCE
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    return CLOSED
-                self._buf += chunk
-        return None
-
-    def receive(self, deadline: float) -> Any:
+    def reply(self, deadline: float) -> Any:
         """The next frame's object, ``SILENCE`` at the deadline, or ``CLOSED``."""
-        size = frames.HEADER.size
-        short = self._fill(size, deadline)
-        if short is not None:
-            return short
-        (n,) = frames.HEADER.unpack(self._buf[:size])
-        if n > MAX_REPLY_BYTES:
-            self.kill()
-            return CLOSED
-        short = self._fill(size + n, deadline)
-        if short is not None:
-            return short
-        body = bytes(self._buf[size : size + n])
-        del self._buf[: size + n]
+        got = self.receive(deadline)
+        if not isinstance(got, bytes):
+            return got
         try:
-            return pickle.loads(body)
+            return pickle.loads(got)
         except Exception:  # a corrupted stream: this worker cannot be trusted any more
             self.kill()
             return CLOSED
@@ -137,7 +91,7 @@ class WorkerProcess:
         """Wait until the worker imported the reward file; why not, if it did not."""
         if self.ready:
             return None
-        got = self.receive(deadline)
+        got = self.reply(deadline)
         if isinstance(got, tuple) and got[0] == "ready":
             self.ready = True
             return None
@@ -150,52 +104,32 @@ class WorkerProcess:
             )
         return StartFailure(f"{self.target.path}: the worker exited at start-up ({self.exit()})")
 
-    def send(self, soft: float, calls: Sequence[bytes]) -> bool:
+    def request(self, soft: float, calls: Sequence[bytes]) -> bool:
         """Hand the worker a request; False if it is gone."""
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(frames.encode((soft, list(calls))))
-            self.proc.stdin.flush()
-            return True
-        except OSError:
-            return False
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def exit(self) -> str:
-        """How the worker ended, in words (after ``kill`` or its own exit)."""
-        code = self.proc.wait()
-        if code < 0:
-            with contextlib.suppress(ValueError):
-                return f"killed by {signal.Signals(-code).name}"
-        return f"exit code {code}"
-
-    def kill(self) -> None:
-        """Kill the worker's whole session (the function may have started processes)."""
-        kill_session(self.proc)
+        return self.send(pickle.dumps((soft, list(calls)), protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class Slot:
     """A worker that is replaced when it dies or overruns; answers its share of calls."""
 
     def __init__(self, target: Target, timeout_s: float) -> None:
-        self.target = target
         self.timeout_s = timeout_s
-        self.worker = WorkerProcess(target)
+        self._slot = WorkerSlot(lambda: WorkerProcess(target))
 
     def _live_worker(self) -> WorkerProcess | StartFailure:
         """The current worker, replaced if it died, once it has imported the file."""
-        if self.worker.ready and self.worker.alive():
-            return self.worker
-        if self.worker.ready:  # killed after an overrun, or crashed: start another
-            self.worker.kill()
-            self.worker = WorkerProcess(self.target)
-        failure = self.worker.start(time.monotonic() + STARTUP_TIMEOUT_S)
+        worker = self._slot.worker
+        assert isinstance(worker, WorkerProcess)
+        if worker.ready and worker.alive():
+            return worker
+        if worker.ready:  # killed after an overrun, or crashed: start another
+            worker = self._slot.replace()
+            assert isinstance(worker, WorkerProcess)
+        failure = worker.start(time.monotonic() + STARTUP_TIMEOUT_S)
         if failure is not None:
-            self.worker = WorkerProcess(self.target)  # the next score() tries again
+            self._slot.replace()  # the next score() tries again
             return failure
-        return self.worker
+        return worker
 
     def run(self, calls: Sequence[Args]) -> list[Any]:
         """One reply per call, in order: the worker's, or ``{"error": ...}`` for a call that
@@ -222,12 +156,12 @@ class Slot:
     def _exchange(self, worker: WorkerProcess, blobs: Sequence[bytes]) -> list[Any]:
         """Replies to a prefix of ``blobs`` (at least one): all of them, or up to the call
         that overran or crashed the worker (which is then dead, replaced next round)."""
-        if not worker.send(self.timeout_s, blobs):
+        if not worker.request(self.timeout_s, blobs):
             worker.kill()
             return [{"error": f"the reward worker died ({worker.exit()})"}]
         replies: list[Any] = []
         for _ in blobs:
-            got = worker.receive(time.monotonic() + self.timeout_s + KILL_GRACE_S)
+            got = worker.reply(time.monotonic() + self.timeout_s + KILL_GRACE_S)
             if got is SILENCE:
                 worker.kill()
                 replies.append({"error": f"timed out after {self.timeout_s:g}s (worker killed)"})
@@ -240,7 +174,7 @@ class Slot:
         return replies
 
     def close(self) -> None:
-        self.worker.kill()
+        self._slot.close()
 
 
 def _pickled(args: Args) -> bytes | dict[str, str]:
