@@ -29,45 +29,71 @@ class _Strict(BaseModel):
 class PluginSpec(_Strict):
     """A plugin chosen by entry-point name, with its own options (validated by the plugin)."""
 
-    name: str
-    options: dict[str, Any] = Field(default_factory=dict)
-    fatal: bool = True  # loggers only: a failing logger ends the run (True) or is dropped
+    name: str = Field(description="the plugin's entry-point name (`srpo plugins list`)")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="the plugin's own options (its Options model)"
+    )
+    fatal: bool = Field(
+        True,
+        description="loggers only: a failing logger ends the run (true) or is dropped (false)",
+    )  # loggers only: a failing logger ends the run (True) or is dropped
 
 
 class RunSection(_Strict):
-    name: str = "srpo-run"
-    output_dir: Path = Path("runs/srpo-run")
-    seed: int = 0
-    epochs: int = Field(1, ge=1)
+    name: str = Field("srpo-run", description="the run's name (trackers, reports)")
+    output_dir: Path = Field(
+        Path("runs/srpo-run"),
+        description="the run directory, relative to where srpo runs (not to the run file)",
+    )
+    seed: int = Field(
+        0, description="seed of every random choice (sampling, prompt order, plugins)"
+    )
+    epochs: int = Field(1, ge=1, description="passes over the curriculum's prompts")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
-    prompts_per_step: int = Field(32, ge=1)
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    prompts_per_step: int = Field(32, ge=1, description="prompts per step (G rollouts each)")
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu", description="cpu, cuda (each rank takes GPU LOCAL_RANK) or auto"
+    )
     threads: int | None = Field(None, ge=1, description="torch intra-op threads")
 
 
 class OptimizerSection(_Strict):
-    lr: float = Field(1e-6, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
-    grad_clip: float | None = Field(1.0, gt=0)
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
+    lr: float = Field(1e-6, gt=0, description="AdamW learning rate (peak, after warm-up)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    grad_clip: float | None = Field(
+        1.0, gt=0, description="clip the global gradient norm to this (none: no clipping)"
+    )
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="learning-rate schedule after warm-up (decay to 0 at the end)"
+    )
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warm-up")
 
 
 class PolicySection(_Strict):
-    path: Path
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    micro_batch_size: int = Field(64, ge=1)
+    path: Path = Field(description="Hugging Face model directory, relative to the run file")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype of the policy's weights"
+    )
+    micro_batch_size: int = Field(
+        64, ge=1, description="rollouts per forward/backward pass (groups are never split)"
+    )
     mini_batches: int = Field(1, ge=1, description="optimizer steps per training batch")
-    ppo_epochs: int = Field(1, ge=1)
+    ppo_epochs: int = Field(1, ge=1, description="passes over each training batch")
     # None: the tokenizer's when it has one; false: never; a string: this Jinja template
     # (for a base model without one, or to replace the tokenizer's)
-    chat_template: bool | str | None = None
+    chat_template: bool | str | None = Field(
+        None,
+        description="none: the tokenizer's chat template if it has one; false: never; "
+        "a string: this Jinja template",
+    )
     system_prompt: str | None = Field(
         None, description="system message for prompts that have none (chat template only)"
     )
-    reference_path: Path | None = None  # KL reference; default: the initial policy
+    reference_path: Path | None = Field(
+        None, description="KL reference model directory (default: the initial policy)"
+    )  # KL reference; default: the initial policy
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in backward (transformers' own): less memory"
     )
@@ -81,7 +107,9 @@ class PolicySection(_Strict):
         description="skip forward/backward of micro-batches whose groups all have zero "
         "advantage when nothing else gives a gradient (the update is bit-identical)",
     )
-    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    optimizer: OptimizerSection = Field(
+        default_factory=OptimizerSection, description="AdamW and its learning-rate schedule"
+    )
 
 
 class AlgorithmSection(_Strict):
@@ -90,22 +118,37 @@ class AlgorithmSection(_Strict):
     register more), checked once the plugins are loaded; the other loss fields map one to
     one onto ``srpo.algo.LossConfig``."""
 
-    group_size: int = Field(8, ge=1)
+    group_size: int = Field(8, ge=1, description="G: rollouts generated per prompt")
     advantage: str = Field("grpo", description="advantage estimator: grpo, rloo, ...")
     policy_loss: str = Field("ppo_clip", description="surrogate: ppo_clip, ...")
-    clip_low: float = Field(0.2, ge=0, lt=1)
-    clip_high: float = Field(0.2, ge=0)
-    dual_clip: float | None = Field(None, gt=1)
-    kl_coef: float = Field(0.0, ge=0)
+    clip_low: float = Field(0.2, ge=0, lt=1, description="ratio lower bound 1 - clip_low")
+    clip_high: float = Field(
+        0.2, ge=0, description="ratio upper bound 1 + clip_high (DAPO clip-higher: 0.28)"
+    )
+    dual_clip: float | None = Field(
+        None, gt=1, description="dual-clip constant c > 1 for negative advantages (none: off)"
+    )
+    kl_coef: float = Field(0.0, ge=0, description="weight of the KL term to the reference")
     kl_estimator: str = Field("k3", description="k1, k2, k3, ...")
     aggregation: str = Field(
         "token-mean", description="token-mean, seq-mean-token-mean, seq-mean-token-sum-norm, ..."
     )
-    norm_constant: float | None = Field(None, gt=0)
-    std_normalize: bool = True
-    eps: float = Field(1e-6, gt=0)
-    loss_backend: Literal["auto", "compiled", "reference"] = "auto"
-    overlong: OverlongOptions = Field(default_factory=OverlongOptions)  # DAPO length shaping
+    norm_constant: float | None = Field(
+        None, gt=0, description="divisor of seq-mean-token-sum-norm (none: T, the padded length)"
+    )
+    std_normalize: bool = Field(
+        True, description="divide advantages by the group's std: true GRPO, false Dr.GRPO"
+    )
+    eps: float = Field(1e-6, gt=0, description="added to the group std before dividing")
+    loss_backend: Literal["auto", "compiled", "reference"] = Field(
+        "auto",
+        description="auto: the compiled op for the built-in GRPO family, torch otherwise; "
+        "compiled; reference (the float64 torch oracle)",
+    )
+    overlong: OverlongOptions = Field(
+        default_factory=OverlongOptions,
+        description="DAPO's overlong filtering and soft overlong punishment",
+    )  # DAPO length shaping
     rollout_correction: RolloutCorrectionOptions = Field(
         default_factory=RolloutCorrectionOptions,
         description="importance correction of the sampler/trainer log-prob mismatch: mode "
@@ -119,12 +162,23 @@ class DatasetSpec(_Strict):
     ``.parquet``, a directory of Parquet files, a ``save_to_disk`` directory); keys may be
     dotted paths into nested records, so verl's Parquet files are read as they are."""
 
-    path: Path
-    format: Literal["auto", "jsonl", "parquet", "hf"] = "auto"
-    prompt_key: str = "prompt"
-    reference_key: str = "answer"
-    id_key: str | None = "id"
-    limit: int | None = Field(None, ge=1)
+    path: Path = Field(
+        description="JSONL file, Parquet file or directory, or a save_to_disk directory; "
+        "relative to the run file"
+    )
+    format: Literal["auto", "jsonl", "parquet", "hf"] = Field(
+        "auto", description="auto: told from the path"
+    )
+    prompt_key: str = Field(
+        "prompt", description="record field (or dotted path) of the prompt: text or chat messages"
+    )
+    reference_key: str = Field(
+        "answer", description="record field (or dotted path) of the reference the verifier uses"
+    )
+    id_key: str | None = Field(
+        "id", description="record field (or dotted path) of a stable id (none: the prompt text)"
+    )
+    limit: int | None = Field(None, ge=1, description="use only the first N records")
 
     @field_validator("prompt_key", "reference_key", "id_key")
     @classmethod
@@ -137,35 +191,60 @@ class DatasetSpec(_Strict):
 
 
 class EvalSection(_Strict):
-    datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
+    datasets: dict[str, DatasetSpec] = Field(
+        default_factory=dict,
+        description="held-out prompts per domain (as top-level datasets), scored greedily",
+    )
     every: int = Field(0, ge=0, description="evaluate every N steps (0: before and after only)")
-    max_prompts: int | None = Field(None, ge=1)
+    max_prompts: int | None = Field(
+        None, ge=1, description="evaluate at most this many prompts per domain"
+    )
 
 
 class HistorySection(_Strict):
-    enabled: bool = True
-    store_tokens: bool = False
+    enabled: bool = Field(True, description="record every rollout's outcome in the store")
+    store_tokens: bool = Field(False, description="also store the rollouts' token ids")
 
 
 class CheckpointSection(_Strict):
-    every: int = Field(0, ge=0)
-    keep: int = Field(2, ge=1)
+    every: int = Field(
+        0, ge=0, description="steps between checkpoints (0: only at the end and on a stop)"
+    )
+    keep: int = Field(
+        2, ge=1, description="newest complete checkpoints kept (the newest is never deleted)"
+    )
 
 
 class RunConfig(_Strict):
-    run: RunSection = Field(default_factory=RunSection)
-    policy: PolicySection
-    algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection)
-    datasets: dict[str, DatasetSpec]
-    eval: EvalSection = Field(default_factory=EvalSection)
-    sampler: PluginSpec
-    verifiers: dict[str, PluginSpec]
-    curriculum: PluginSpec = Field(default_factory=lambda: PluginSpec(name="uniform"))
-    loggers: list[PluginSpec] = Field(
-        default_factory=lambda: [PluginSpec(name="console"), PluginSpec(name="jsonl")]
+    run: RunSection = Field(
+        default_factory=RunSection, description="the run: name, directory, seed, length, device"
     )
-    history: HistorySection = Field(default_factory=HistorySection)
-    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    policy: PolicySection = Field(description="the model being trained and its optimizer")
+    algorithm: AlgorithmSection = Field(
+        default_factory=AlgorithmSection, description="the GRPO-family loss and its shaping"
+    )
+    datasets: dict[str, DatasetSpec] = Field(description="training prompts, one dataset per domain")
+    eval: EvalSection = Field(
+        default_factory=EvalSection, description="held-out evaluation, greedy"
+    )
+    sampler: PluginSpec = Field(description="the rollout generator (srpo.samplers plugin)")
+    verifiers: dict[str, PluginSpec] = Field(
+        description="one verifier per dataset domain (srpo.verifiers plugins)"
+    )
+    curriculum: PluginSpec = Field(
+        default_factory=lambda: PluginSpec(name="uniform"),
+        description="which prompts each step trains on (srpo.curricula plugin)",
+    )
+    loggers: list[PluginSpec] = Field(
+        default_factory=lambda: [PluginSpec(name="console"), PluginSpec(name="jsonl")],
+        description="where events and metrics go (srpo.loggers plugins)",
+    )
+    history: HistorySection = Field(
+        default_factory=HistorySection, description="the history store of rollout outcomes"
+    )
+    checkpoint: CheckpointSection = Field(
+        default_factory=CheckpointSection, description="how often to checkpoint, how many to keep"
+    )
 
     @field_validator("datasets")
     @classmethod
