@@ -73,6 +73,17 @@ def check_domains(domains: Sequence[str], datasets: Mapping[str, Sequence[Prompt
         raise ValueError(f"unknown domain {unknown[0]!r} (datasets: {sorted(datasets)})")
 
 
+def domain_prompts(
+    chosen: Sequence[str] | None, datasets: Mapping[str, Sequence[Prompt]]
+) -> list[Prompt]:
+    """The prompts of the ``chosen`` domains (None or empty: every dataset, by name) as one
+    pool, domain after domain: what the one-pool curricula draw from, checked so that a
+    misspelt domain fails at startup, not as an empty epoch."""
+    domains = list(chosen or sorted(datasets))
+    check_domains(domains, datasets)
+    return [p for d in domains for p in datasets[d]]
+
+
 class ResamplingPool:
     """One pool of prompts with HR state; ``active()`` is the next epoch's dataset.
 
@@ -250,6 +261,11 @@ def prompts_per_step(config: Mapping[str, Any]) -> int:
     """``run.prompts_per_step`` of the resolved run file; 0 when absent (bare contexts)."""
     run = config.get("run") or {}
     return int(run.get("prompts_per_step") or 0)
+
+
+def group_size(config: Mapping[str, Any]) -> int:
+    """``algorithm.group_size`` of the resolved run file; 8 (its default) when absent."""
+    return int(config.get("algorithm", {}).get("group_size", 8))
 
 
 def _np_seed(seed: int, *parts: Any) -> int:

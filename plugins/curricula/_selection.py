@@ -35,7 +35,7 @@ use it: an epoch still serves as many prompts as the pool holds, but chosen by w
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from pydantic import Field
 
 from srpo.api import PluginOptions, Prompt, RolloutBatch, Scores, StateDict
 
-from ._common import Cursor, _np_seed
+from ._common import Cursor, _np_seed, group_size
 
 
 class SelectionRules(PluginOptions):
@@ -103,6 +103,14 @@ class PassRatePosterior:
         self.t = 0  # steps observed
         self.counts: dict[int, tuple[float, float, int]] = {}  # id -> (correct, wrong, at)
         self._priors: tuple[int, dict[str | None, tuple[float, float]]] | None = None
+
+    @classmethod
+    def over(
+        cls, rules: SelectionRules, config: Mapping[str, Any], prompts: Sequence[Prompt]
+    ) -> PassRatePosterior:
+        """A curriculum's posterior over its ``prompts``: the run file's group size (what
+        P0 is computed for) and each prompt's domain (the empirical priors are per domain)."""
+        return cls(rules, group_size(config), {p.id: p.domain for p in prompts})
 
     def _decay(self, age: np.ndarray | int) -> np.ndarray | float:
         if self.rules.half_life is None:

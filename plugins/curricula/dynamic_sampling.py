@@ -34,7 +34,7 @@ from srpo.api import (
     warn,
 )
 
-from ._common import Cursor, check_domains, seeded_rng
+from ._common import Cursor, domain_prompts, seeded_rng
 
 _COUNTERS = ("steps", "underfilled", "groups", "kept", "zero_var", "all_correct", "all_wrong")
 
@@ -50,9 +50,7 @@ class DynamicSamplingCurriculum(Curriculum):
 
     def __init__(self, options: DynamicSamplingOptions, context: PluginContext) -> None:
         super().__init__(options, context)
-        domains = options.domains or sorted(context.datasets)
-        check_domains(domains, context.datasets)
-        self.prompts: list[Prompt] = [p for d in domains for p in context.datasets[d]]
+        self.prompts: list[Prompt] = domain_prompts(options.domains, context.datasets)
         # the kernel reads this per instance: the option overrides the class default of 1
         self.max_generation_rounds = options.max_generation_rounds  # type: ignore[misc]
         self.cursor = Cursor()

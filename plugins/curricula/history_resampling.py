@@ -39,7 +39,7 @@ from srpo.api import (
     warn,
 )
 
-from ._common import Cursor, ResamplingPool, ResamplingRules, check_domains, prompts_per_step
+from ._common import Cursor, ResamplingPool, ResamplingRules, domain_prompts, prompts_per_step
 from ._selection import PassRatePosterior, SelectingCursor, SelectionRules, informative_share
 
 
@@ -70,9 +70,7 @@ class HistoryResamplingCurriculum(Curriculum):
 
     def __init__(self, options: HistoryResamplingOptions, context: PluginContext) -> None:
         super().__init__(options, context)
-        domains = options.domains or sorted(context.datasets)
-        check_domains(domains, context.datasets)
-        prompts: list[Prompt] = [p for d in domains for p in context.datasets[d]]
+        prompts = domain_prompts(options.domains, context.datasets)
         self.by_step = options.selection == "step"
         self.pool = ResamplingPool(
             prompts,
@@ -80,10 +78,7 @@ class HistoryResamplingCurriculum(Curriculum):
             salt="hr",
             step_prompts=prompts_per_step(context.config),
         )
-        group_size = int(context.config.get("algorithm", {}).get("group_size", 8))
-        self.posterior = PassRatePosterior(
-            options.step, group_size, {p.id: p.domain for p in prompts}
-        )
+        self.posterior = PassRatePosterior.over(options.step, context.config, prompts)
         self.cursor: Cursor = Cursor()
         if self.by_step:
             self.cursor = SelectingCursor(

@@ -183,11 +183,8 @@ class TwoStageCurriculum(Curriculum):
             for d in domains
         }
         self.by_step = options.resampling == "selection"
-        group_size = int(context.config.get("algorithm", {}).get("group_size", 8))
-        self.posterior = PassRatePosterior(
-            options.selection,
-            group_size,
-            {p.id: p.domain for d in domains for p in context.datasets[d]},
+        self.posterior = PassRatePosterior.over(
+            options.selection, context.config, [p for d in domains for p in context.datasets[d]]
         )
         self._stage = 0
         self.stage0_steps = 0

@@ -8,6 +8,8 @@ from pydantic import Field
 
 from srpo.api import Curriculum, PluginContext, PluginOptions, Prompt, StateDict
 
+from ._common import domain_prompts
+
 
 class UniformOptions(PluginOptions):
     shuffle: bool = True
@@ -19,13 +21,7 @@ class UniformCurriculum(Curriculum):
 
     def __init__(self, options: UniformOptions, context: PluginContext) -> None:
         super().__init__(options, context)
-        domains = options.domains or sorted(context.datasets)
-        unknown = [d for d in domains if d not in context.datasets]
-        if unknown:
-            raise ValueError(
-                f"unknown domain {unknown[0]!r} (datasets: {sorted(context.datasets)})"
-            )
-        self.prompts: list[Prompt] = [p for d in domains for p in context.datasets[d]]
+        self.prompts: list[Prompt] = domain_prompts(options.domains, context.datasets)
         self.order: list[int] = []
         self.cursor = 0
         self.epoch = -1

@@ -1,5 +1,6 @@
 """What the wandb and mlflow loggers share: the event stream turned into rows a tracker can
-take, the resume bookkeeping, and the one-line check that the tracker is installed.
+take, the resume bookkeeping, the one-line check that the tracker is installed, and how a
+tracker run's name, project and paths default (option, else environment, else srpo's).
 
 Trackers want a run's rows once each and (wandb) in increasing step order, while the kernel
 emits a mid-run evaluation *before* the previous step's metrics, and a resumed run redoes the
@@ -55,10 +56,20 @@ def numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def run_name(config: Mapping[str, Any]) -> str:
-    """``run.name`` of the run file (the default name of the tracker run)."""
+def run_name(config: Mapping[str, Any], chosen: str | None) -> str:
+    """The tracker run's name: the logger's option when set, else ``run.name`` of the run
+    file, so runs read the same in the tracker as in the run directory."""
+    if chosen:
+        return chosen
     run = config.get("run")
     return str(run.get("name") or "srpo-run") if isinstance(run, Mapping) else "srpo-run"
+
+
+def setting(option: str | None, env: str, default: str) -> str:
+    """A tracker setting the way each logger resolves it: the option, else the environment
+    variable the tracker's own tools read (so an existing setup carries over), else srpo's
+    default."""
+    return option or os.environ.get(env) or default
 
 
 class TrackerOptions(PluginOptions):
@@ -74,6 +85,13 @@ class Row:
     step: int
     metrics: dict[str, float]
     epoch: int = 0
+
+    def named(self, sep: str) -> dict[str, float]:
+        """The metrics under the names a tracker shows: ``eval<sep>`` or ``epoch<sep>`` in
+        front for an evaluation or an epoch report, a step's as they are. ``sep`` is the
+        tracker's separator (``/``; MLflow's file store needs ``.``)."""
+        prefix = "" if self.kind == "step" else self.kind + sep
+        return {prefix + k: v for k, v in self.metrics.items()}
 
 
 @dataclass
@@ -134,6 +152,7 @@ class TrackerLogger(Logger):
         super().__init__(options, context)
         self.state: TrackerState | None = None
         self.last_step = -1  # of the latest StepEnd (an epoch report belongs to it)
+        self.at = 0  # the latest step a row was logged at: where plots and the summary go
         self.rows: list[dict[str, Any]] = []  # as the jsonl logger writes them (for plots)
         self.ended = False
 
@@ -145,7 +164,8 @@ class TrackerLogger(Logger):
 
     @abstractmethod
     def log_row(self, row: Row) -> None:
-        """Log one row (numbers only, not yet prefixed with ``eval/`` or ``epoch/``)."""
+        """Log one row (numbers only, not yet prefixed: ``Row.named``); ``self.at`` already
+        counts its step."""
 
     @abstractmethod
     def log_plots(self, paths: list[Path]) -> None:
@@ -184,6 +204,12 @@ class TrackerLogger(Logger):
             self.ended = True
             self.end(event.status, numbers(event.summary), event.error)
 
+    @property
+    def run_file_dir(self) -> Path:
+        """What a relative path in the options is taken from: the run file's directory (the
+        working directory for a run built without one)."""
+        return self.context.base_dir or Path.cwd()
+
     def _start(self, event: ev.RunStart) -> None:
         path = self.context.run_dir / f"{self.tracker}-resume.json"
         resumed = event.start_step > 0
@@ -215,6 +241,7 @@ class TrackerLogger(Logger):
         assert self.state is not None
         if self.state.holds(row):  # logged before a crash; the resume redid it
             return
+        self.at = max(self.at, row.step)
         self.log_row(row)
         self.state.mark(row)
         self.state.save()

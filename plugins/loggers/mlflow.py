@@ -25,12 +25,11 @@ from urllib.parse import urlparse
 
 from pydantic import Field
 
-from srpo.api import PluginContext, warn
 from srpo.api import events as ev
+from srpo.api import warn
 
-from ._tracker import Row, TrackerLogger, TrackerOptions, run_name
+from ._tracker import Row, TrackerLogger, TrackerOptions, run_name, setting
 
-PREFIX = {"step": "", "eval": "eval.", "epoch": "epoch."}
 STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 # MLflow's limits (mlflow.utils.validation): it refuses longer names and values, srpo cuts
 MAX_KEY, MAX_PARAM, MAX_TAG = 250, 6000, 8000
@@ -78,12 +77,8 @@ class MlflowLogger(TrackerLogger):
     Options = MlflowOptions
     tracker = "mlflow"
     options: MlflowOptions
-
-    def __init__(self, options: MlflowOptions, context: PluginContext) -> None:
-        super().__init__(options, context)
-        self.client: Any = None
-        self.run_id = ""
-        self.last = 0  # the latest step logged: where the run's summary goes
+    client: Any = None  # the MlflowClient, from start()
+    run_id = ""  # the open MLflow run, until end()
 
     def start(self, event: ev.RunStart, resume_id: str | None) -> str:
         from mlflow.tracking import MlflowClient
@@ -103,7 +98,7 @@ class MlflowLogger(TrackerLogger):
         tags = {"srpo.run_dir": str(self.context.run_dir.resolve()), **self.options.tags}
         run = self.client.create_run(
             self._experiment_id(),
-            run_name=self.options.run_name or run_name(event.config),
+            run_name=run_name(event.config, self.options.run_name),
             tags=tags,
         )
         self.run_id = run.info.run_id
@@ -116,7 +111,7 @@ class MlflowLogger(TrackerLogger):
         directory when it comes from the environment)."""
         env = os.environ.get("MLFLOW_TRACKING_URI")
         if self.options.tracking_uri:
-            uri, base = self.options.tracking_uri, self.context.base_dir or Path.cwd()
+            uri, base = self.options.tracking_uri, self.run_file_dir
         elif env:
             uri, base = env, Path.cwd()
         else:
@@ -134,7 +129,7 @@ class MlflowLogger(TrackerLogger):
             return False
 
     def _experiment_id(self) -> str:
-        name = self.options.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "srpo"
+        name = setting(self.options.experiment, "MLFLOW_EXPERIMENT_NAME", "srpo")
         exp = self.client.get_experiment_by_name(name)
         return exp.experiment_id if exp is not None else self.client.create_experiment(name)
 
@@ -159,9 +154,7 @@ class MlflowLogger(TrackerLogger):
             self.client.log_batch(self.run_id, metrics=batch[i : i + METRICS_PER_BATCH])
 
     def log_row(self, row: Row) -> None:
-        self.last = max(self.last, row.step)
-        metrics = {PREFIX[row.kind] + k: v for k, v in row.metrics.items()}
-        self._log_metrics(metrics, row.epoch if row.kind == "epoch" else row.step)
+        self._log_metrics(row.named("."), row.epoch if row.kind == "epoch" else row.step)
 
     def log_plots(self, paths: list[Path]) -> None:
         for p in paths:
@@ -170,7 +163,7 @@ class MlflowLogger(TrackerLogger):
     def end(self, status: str, summary: Mapping[str, float], error: str) -> None:
         if not self.run_id:
             return
-        self._log_metrics({f"run.{k}": v for k, v in summary.items()}, self.last)
+        self._log_metrics({f"run.{k}": v for k, v in summary.items()}, self.at)
         if error:
             self.client.set_tag(self.run_id, "srpo.error", error[:MAX_TAG])
         self.client.set_terminated(self.run_id, STATUS.get(status, "FAILED"))

@@ -18,12 +18,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from srpo.api import PluginContext
 from srpo.api import events as ev
 
-from ._tracker import Row, TrackerLogger, TrackerOptions, run_name
-
-PREFIX = {"step": "", "eval": "eval/", "epoch": "epoch/"}
+from ._tracker import Row, TrackerLogger, TrackerOptions, run_name, setting
 
 
 class WandbOptions(TrackerOptions):
@@ -44,24 +41,19 @@ class WandbLogger(TrackerLogger):
     Options = WandbOptions
     tracker = "wandb"
     options: WandbOptions
-
-    def __init__(self, options: WandbOptions, context: PluginContext) -> None:
-        super().__init__(options, context)
-        self.run: Any = None
-        self.at = 0  # the step wandb is at: it drops data logged at an earlier one
+    run: Any = None  # the wandb run, from start() to end()
 
     def start(self, event: ev.RunStart, resume_id: str | None) -> str:
         import wandb
 
         o = self.options
-        base = self.context.base_dir or Path.cwd()  # relative paths: from the run file
-        where = base / o.dir if o.dir else self.context.run_dir
+        where = self.run_file_dir / o.dir if o.dir else self.context.run_dir
         where.mkdir(parents=True, exist_ok=True)
         config = dict(event.config)
         self.run = wandb.init(
-            project=o.project or os.environ.get("WANDB_PROJECT") or "srpo",
+            project=setting(o.project, "WANDB_PROJECT", "srpo"),
             entity=o.entity,
-            name=o.name or run_name(config),
+            name=run_name(config, o.name),
             group=o.group,
             tags=o.tags or None,
             mode=o.mode or (None if os.environ.get("WANDB_MODE") else "offline"),
@@ -77,20 +69,16 @@ class WandbLogger(TrackerLogger):
         self.run.define_metric("epoch/*", step_metric="epoch")
         return str(self.run.id)
 
-    def _log(self, data: Mapping[str, Any], step: int) -> None:
-        self.at = max(self.at, step)
-        self.run.log(dict(data), step=self.at)
-
     def log_row(self, row: Row) -> None:
-        data: dict[str, Any] = {PREFIX[row.kind] + k: v for k, v in row.metrics.items()}
+        data: dict[str, Any] = row.named("/")
         if row.kind == "epoch":
             data["epoch"] = row.epoch
-        self._log(data, row.step)
+        self.run.log(data, step=self.at)  # never an earlier step: wandb would drop the data
 
     def log_plots(self, paths: list[Path]) -> None:
         import wandb
 
-        self._log({f"plots/{p.stem}": wandb.Image(str(p)) for p in paths}, self.at)
+        self.run.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in paths}, step=self.at)
 
     def end(self, status: str, summary: Mapping[str, float], error: str) -> None:
         if self.run is None:

@@ -1,11 +1,14 @@
-"""Sampling options every first-party sampler takes, declared once: the run file spells them
-the same whichever engine generates (switching ``sampler.name`` keeps the options valid)."""
+"""What every first-party sampler takes, declared once: the sampling options (the run file
+spells them the same whichever engine generates, so switching ``sampler.name`` keeps them
+valid) and the kernel's per-prompt seeds, checked the same way by each."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import Field
 
-from srpo.api import PluginOptions, splitmix64
+from srpo.api import PluginOptions, Prompt, splitmix64
 
 
 class SamplingOptions(PluginOptions):
@@ -16,6 +19,14 @@ class SamplingOptions(PluginOptions):
 
 
 _MASK64 = (1 << 64) - 1
+
+
+def prompt_seeds(seeds: Sequence[int], prompts: Sequence[Prompt]) -> list[int]:
+    """The kernel's seeds for ``generate`` as ints, one per prompt: a count that does not
+    match would pair prompts with the wrong seeds, so it fails here, in one line."""
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    return [int(x) for x in seeds]
 
 
 def row_seed(seed: int, sample: int) -> int:

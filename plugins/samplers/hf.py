@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 from pydantic import Field
-from srpo_plugins.samplers._sampling import SamplingOptions, row_seed
+from srpo_plugins.samplers._sampling import SamplingOptions, prompt_seeds, row_seed
 from transformers import (
     GenerationConfig,
     LogitsProcessor,
@@ -73,9 +73,7 @@ class HFSampler(Sampler):
         elif seeds is None:  # seeded by the global RNG (run.seed): one draw per call
             seed_list = torch.randint(0, 2**62, (len(prompts),)).tolist()
         else:
-            seed_list = [int(x) for x in seeds]
-            if len(seed_list) != len(prompts):
-                raise ValueError(f"{len(seed_list)} seeds for {len(prompts)} prompts")
+            seed_list = prompt_seeds(seeds, prompts)
         flat = [(g, s) for g in range(len(prompts)) for s in range(n)]
         chunks = [
             flat[i : i + self.options.batch_size]

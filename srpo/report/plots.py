@@ -23,7 +23,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from srpo.report import Run
+from srpo.report.runs import Run
 
 COLORS = plt.get_cmap("tab10").colors
 STYLES = ("-", "--", ":", "-.")

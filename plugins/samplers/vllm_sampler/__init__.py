@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, Field
-from srpo_plugins.samplers._sampling import SamplingOptions
+from srpo_plugins.samplers._sampling import SamplingOptions, prompt_seeds
 from srpo_plugins.samplers.vllm_sampler.engine import start_engine, vllm_missing
 from srpo_plugins.samplers.vllm_sampler.weights import (
     PROBE_TOLERANCE,
@@ -165,9 +165,9 @@ class VLLMSampler(Sampler):
             base = (self.seed * 1_000_003 + self.calls * 7_919) % 2**31
             request_seeds = [(base + i) % 2**31 for i in range(len(prompts))]
         else:  # the kernel's: prompt i's samples depend on seeds[i] only (data parallel)
-            if len(seeds) != len(prompts):
-                raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-            request_seeds = [splitmix64(int(x) & (2**64 - 1)) % 2**31 for x in seeds]
+            request_seeds = [
+                splitmix64(x & (2**64 - 1)) % 2**31 for x in prompt_seeds(seeds, prompts)
+            ]
         self.calls += 1
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
         params = [self._params(n, greedy, seed) for seed in request_seeds]
