@@ -47,7 +47,7 @@ PAPER_HR = {"window": 1, "min_dataset_steps": 0}
 #: the step-wise selection measured here: an empirical-Bayes prior per domain, rollouts
 #: fading with a half-life of 4 steps (the policy moves: a prompt trained on is soon solved),
 #: and a sharpened draw (power 2, floor 0.01); options in plugins/curricula/_selection.py.
-#: The half-life was chosen offline, on the GRPO runs' history (README), after the first
+#: The half-life was chosen offline, on the GRPO runs' history (docs/results.md), after the first
 #: selection runs without decay (``*_nodecay``) had shown the posterior overconfident.
 SELECTION = {"prior": "empirical", "power": 2.0, "min_weight": 0.01, "half_life": 4.0}
 NODECAY = {k: v for k, v in SELECTION.items() if k != "half_life"}

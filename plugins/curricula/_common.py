@@ -29,7 +29,7 @@ class ResamplingRules(PluginOptions):
     Deviation from the paper, on by default: ``min_dataset_steps: 1`` keeps at least one
     step's prompts (``run.prompts_per_step``) in the pool. Over several epochs on a small
     dataset the paper's rule shrank the pool to 5-15 of 256 prompts and held-out accuracy
-    fell from ~0.8 to 0.42-0.73 (README, "Several epochs"); a floor kept it near GRPO's.
+    fell from ~0.8 to 0.42-0.73 (docs/results.md, "Several epochs"); a floor kept it near GRPO's.
     ``min_dataset_steps: 0`` (with the other floors at 0) is the paper's exact rule.
     """
 

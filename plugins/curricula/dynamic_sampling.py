@@ -42,7 +42,7 @@ _COUNTERS = ("steps", "underfilled", "groups", "kept", "zero_var", "all_correct"
 class DynamicSamplingOptions(PluginOptions):
     max_generation_rounds: int = Field(4, ge=1, description="generation rounds per step")
     domains: list[str] | None = Field(None, description="domains to draw from (default: all)")
-    shuffle: bool = True
+    shuffle: bool = Field(True, description="a seeded shuffle of the prompt order each epoch")
 
 
 class DynamicSamplingCurriculum(Curriculum):

@@ -10,7 +10,7 @@ otherwise gone for good, even if the policy later forgets them) and a floor
 (``min_dataset_steps``, ``min_dataset_size``, ``min_dataset_frac``) keeps the dataset from
 collapsing. The floor is on by default (one step's prompts, ``run.prompts_per_step``): a
 deviation from the paper, whose rule let the pool shrink to a handful of prompts over
-several epochs on small data (README, "Several epochs"); ``min_dataset_steps: 0`` restores
+several epochs on small data (docs/results.md, "Several epochs"); ``min_dataset_steps: 0`` restores
 the paper's rule. The rules live in ``_common.ResamplingPool``, shared with
 ``two_stage``.
 
@@ -45,7 +45,7 @@ from ._selection import PassRatePosterior, SelectingCursor, SelectionRules, info
 
 class HistoryResamplingOptions(ResamplingRules):
     domains: list[str] | None = Field(None, description="domains to draw from (default: all)")
-    shuffle: bool = True
+    shuffle: bool = Field(True, description="a seeded shuffle of the prompt order each epoch")
     selection: Literal["epoch", "step"] = Field(
         "epoch",
         description="epoch: the paper's rule (drop all-correct prompts at epoch ends); "

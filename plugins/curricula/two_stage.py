@@ -106,9 +106,11 @@ class SwitchRule(PluginOptions):
     """When stage 0 ends; with several rules, the first to fire wins (so ``after_steps`` or
     ``after_epochs`` beside ``plateau`` caps stage 0's length)."""
 
-    after_steps: int | None = Field(None, ge=1)
-    after_epochs: int | None = Field(None, ge=1)
-    plateau: PlateauRule | None = None
+    after_steps: int | None = Field(None, ge=1, description="end stage 0 after this many steps")
+    after_epochs: int | None = Field(None, ge=1, description="end stage 0 after this many epochs")
+    plateau: PlateauRule | None = Field(
+        None, description="end stage 0 when a training metric stops improving"
+    )
     mid_epoch: bool = Field(True, description="a step/plateau switch ends the epoch at once")
 
     @model_validator(mode="after")
@@ -131,7 +133,10 @@ class TwoStageOptions(PluginOptions):
         description="fixed: stage2_mix as is (the paper); informative (resampling: selection "
         "only): each domain's stage2_mix ratio times its pool's expected informative mass",
     )
-    switch: SwitchRule = Field(default_factory=lambda: SwitchRule(after_epochs=1))
+    switch: SwitchRule = Field(
+        default_factory=lambda: SwitchRule(after_epochs=1),
+        description="when stage 0 ends; the first rule to fire wins",
+    )
     resampling: Literal["history", "none", "selection"] = Field(
         "history",
         description="history: the paper's HR at epoch ends; none; selection: draw each "
@@ -143,7 +148,7 @@ class TwoStageOptions(PluginOptions):
     selection: SelectionRules = Field(
         default_factory=SelectionRules, description="per-step rule, for resampling: selection"
     )
-    shuffle: bool = True
+    shuffle: bool = Field(True, description="a seeded shuffle of the prompt order each epoch")
     stage_overrides: dict[int, dict[str, Any]] = Field(
         default_factory=dict, description="free-form per-stage settings, see overrides()"
     )

@@ -12,7 +12,7 @@ from ._common import domain_prompts
 
 
 class UniformOptions(PluginOptions):
-    shuffle: bool = True
+    shuffle: bool = Field(True, description="a seeded shuffle of the prompt order each epoch")
     domains: list[str] | None = Field(None, description="domains to draw from (default: all)")
 
 

@@ -46,7 +46,7 @@ class MlflowOptions(TrackerOptions):
         None, description="experiment name (default: MLFLOW_EXPERIMENT_NAME, else srpo)"
     )
     run_name: str | None = Field(None, description="default: run.name of the run file")
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict, description="MLflow run tags")
 
 
 def mlflow_key(name: str) -> str:

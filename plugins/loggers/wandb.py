@@ -30,7 +30,7 @@ class WandbOptions(TrackerOptions):
     mode: Literal["online", "offline", "disabled"] | None = Field(
         None, description="default: WANDB_MODE, else offline (upload later with `wandb sync`)"
     )
-    tags: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list, description="W&B run tags")
     group: str | None = Field(None, description="W&B run group, e.g. one per sweep")
     dir: Path | None = Field(
         None, description="where wandb writes its files (default: the run directory)"

@@ -12,10 +12,14 @@ from srpo.api import PluginOptions, Prompt, splitmix64
 
 
 class SamplingOptions(PluginOptions):
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)
-    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_p: float = Field(
+        1.0, gt=0, le=1, description="nucleus sampling: the smallest set of tokens with this mass"
+    )
+    top_k: int | None = Field(None, ge=1, description="keep the k most likely tokens (none: all)")
+    max_new_tokens: int = Field(
+        64, ge=1, description="longest response in tokens; a longer one is cut (truncated)"
+    )
 
 
 _MASK64 = (1 << 64) - 1

@@ -66,7 +66,7 @@ class VLLMSamplerOptions(SamplingOptions):
     enable_prefix_caching: bool = Field(
         True, description="reuse the KV of the prompt shared by a group's G rollouts"
     )
-    tensor_parallel_size: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine (tensor parallel)")
     enforce_eager: bool | None = Field(
         None, description="no CUDA graphs / compilation; None: eager on CPU, graphs on CUDA"
     )
