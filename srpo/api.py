@@ -203,6 +203,18 @@ class Verifier(Plugin, ABC):
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[Score]:
         """One Score per (prompt, response) pair; the lists are aligned."""
 
+    def normalize(self, response: str) -> str | None:
+        """The response's final answer in a canonical form (equal strings: equal answers),
+        for majority voting (``srpo eval``'s maj@k); ``None`` when it has none. Optional:
+        a verifier whose answers cannot be compared as strings (code) keeps this default,
+        and maj@k is then not reported for its domain (see ``normalizes_answers``)."""
+        return None
+
+
+def normalizes_answers(verifier: Verifier) -> bool:
+    """Whether ``verifier`` implements ``Verifier.normalize`` (maj@k is defined for it)."""
+    return type(verifier).normalize is not Verifier.normalize
+
 
 class HistoryReader(Protocol):
     """What curricula may ask of the history store at an epoch end (valid during the
@@ -322,6 +334,7 @@ __all__ = [
     "events",
     "group_has_signal",
     "left_pad",
+    "normalizes_answers",
     "render_report_plots",
     "splitmix64",
     "validate_override",

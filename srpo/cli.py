@@ -6,6 +6,7 @@ Examples:
   srpo run plugins.yaml --resume                        # continue from the newest checkpoint
   srpo run plugins.yaml --nproc 2                       # data-parallel, 2 ranks (torchrun)
   srpo validate plugins.yaml                            # check a run file, run nothing
+  srpo eval MODEL --data math=test.jsonl --n 16         # avg@16, pass@k, maj@k; no training
   srpo plugins list                                     # every plugin, with load errors
 """
 
@@ -273,6 +274,9 @@ def make_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_history_commands(sub)
+    from srpo.eval.command import add_eval_command
+
+    add_eval_command(sub)
     try:
         from srpo.report.cli import add_report_command
     except ImportError:  # the report needs optional pieces; srpo trains without it
