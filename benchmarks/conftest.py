@@ -9,6 +9,15 @@ import pytest
 RESULTS: dict[str, dict[str, float]] = {}
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Benchmarks run in one process: the project's addopts turn pytest-xdist on for the test
+    tiers, but workers would share the cores being timed (and pytest-benchmark refuses
+    ``--benchmark-only`` under xdist). Only this directory's runs are affected."""
+    if getattr(config.option, "numprocesses", None):
+        config.option.numprocesses = 0
+
+
 @pytest.fixture
 def record():
     """``record(name, benchmark, bytes=...)`` after a benchmark ran: keeps min/median seconds."""

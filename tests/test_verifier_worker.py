@@ -94,7 +94,7 @@ def test_an_oversized_or_torn_reply_is_closed(how):
 
 def test_a_failed_handshake_kills_the_worker():
     w = KillableWorker([sys.executable, "-c", "print('hello'); import time; time.sleep(60)"])
-    assert not w.handshake(time.monotonic() + 10, lambda b: b == b"ready")
+    assert not w.handshake(time.monotonic() + 2, lambda b: b == b"ready")  # 6 bytes: no frame
     assert not w.alive()
 
 
