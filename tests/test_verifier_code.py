@@ -13,7 +13,8 @@ import srpo_plugins
 from srpo_plugins.verifiers.code import CodeVerifier, sandbox
 from srpo_plugins.verifiers.code.extract import extract_code
 from srpo_plugins.verifiers.code.harness import decode, encode
-from srpo_plugins.verifiers.code.judge import ReferenceError_, parse_reference, values_match
+from srpo_plugins.verifiers.code.judge import ReferenceError_, values_match
+from srpo_plugins.verifiers.code.judge_reference import parse_reference
 from srpo_plugins.verifiers.code.sandbox import Job, Limits, make_backend
 
 from srpo.api import PluginContext, PluginError, SrpoWarning

@@ -55,7 +55,6 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import Field
@@ -65,32 +64,15 @@ from srpo.api import PluginContext, PluginError, PluginOptions, Prompt, Score, V
 from .extract import extract_code
 from .format_run import run_failure, run_script, run_stdio
 from .formats import ScriptSpec, StdioSpec, parse_format, unwrap_apps
-from .judge import (
-    ReferenceError_,
-    Spec,
-    hole_request,
-    io_request,
-    normalize_output,
-    parse_reference,
-    request_key,
-)
+from .judge import ReferenceError_, normalize_output, request_key
 from .judge_pool import JudgePool
+from .judge_reference import Spec, io_request, parse_reference
+from .outcome import Outcome, SandboxFailure
 from .sandbox import Backend, Job, Limits, make_backend
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CodeVerifier", "SandboxFailure"]
-
-
-class SandboxFailure(RuntimeError):
-    """The sandbox itself could not run (not the program's fault)."""
-
-
-@dataclass
-class Outcome:
-    passed: list[bool]
-    reasons: list[str | None] = field(default_factory=list)
-    timeout: bool = False
 
 
 class CodeVerifier(Verifier):
@@ -101,7 +83,11 @@ class CodeVerifier(Verifier):
             "auto", description="auto: bwrap if usable, else rlimit (with a loud warning)"
         )
         remote_url: str | None = Field(None, description="SandboxFusion base URL (remote)")
-        extract: Literal["fenced", "fenced_or_bare", "bare"] = "fenced"
+        extract: Literal["fenced", "fenced_or_bare", "bare"] = Field(
+            "fenced",
+            description="where the program is taken from: the last fenced block, that or "
+            "bare code, or bare code only",
+        )
         partial_credit: bool = Field(False, description="reward = fraction of tests passed")
         test_timeout_s: float = Field(
             4.0, gt=0, description="per function call / per stdin case / program import"
@@ -127,8 +113,8 @@ class CodeVerifier(Verifier):
             "sample where the machine allows one, else the rlimit split, with a warning), "
             "cgroup (required), rlimit (per-process rlimits only)",
         )
-        file_size_mb: int = Field(16, ge=1)
-        open_files: int = Field(64, ge=16)
+        file_size_mb: int = Field(16, ge=1, description="largest file a sample may write (MB)")
+        open_files: int = Field(64, ge=16, description="open files per sandboxed process")
         tmpfs_mb: int = Field(64, ge=1, description="size of the sandbox's /sandbox and /tmp")
         max_output_kb: int = Field(1024, ge=1, description="stdout/stderr cap; more fails")
         max_workers: int | None = Field(None, ge=1, description="concurrent sandboxes")
@@ -137,12 +123,19 @@ class CodeVerifier(Verifier):
             True, description="programs may import installed packages (False: -S, faster)"
         )
         uid_base: int = Field(1_500_000_000, ge=1000, description="first sandbox uid (root)")
-        max_rounds: int = Field(4, ge=1, description="rounds for holes needing test values")
+        max_rounds: int = Field(
+            8,
+            ge=1,
+            description="sandbox rounds for calls that need test values, or step on a "
+            "program object (``Solution().twoSum(...)``: one round per step)",
+        )
         judge_grace_s: float = Field(
             2.0, ge=0, description="judging may run this long past total_timeout_s"
         )
         judge_memory_mb: int = Field(2048, ge=256, description="RLIMIT_AS of a judge process")
-        max_code_chars: int = Field(200_000, ge=1)
+        max_code_chars: int = Field(
+            200_000, ge=1, description="a longer program scores 0 without running"
+        )
         fail_fast: bool = Field(
             False, description="stop the run (PluginError) on the verifier's own errors"
         )
@@ -400,8 +393,7 @@ class CodeVerifier(Verifier):
         # assertion tests: static holes first, then rounds for holes needing test values
         first = {}
         for t in spec.tests:
-            for src in t.static:
-                req = hole_request(src, {})
+            for req in t.static:
                 first[request_key(req)] = req
         names = [spec.fn_name] if spec.fn_name else []
         decided: dict[int, tuple[bool, str | None]] = {}

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .formats import ScriptSpec, StdioSpec, outputs_match
+from .outcome import Outcome, SandboxFailure
 from .sandbox import Job
 
 
@@ -28,7 +29,7 @@ def run_failure(res: Any) -> tuple[str, str]:
 
 
 if TYPE_CHECKING:
-    from . import CodeVerifier, Outcome
+    from . import CodeVerifier
 
 
 def _failed(etype: str, error: str) -> dict[str, Any]:
@@ -47,8 +48,6 @@ def execute(
 
     After a crash or timeout the requests left run in a new sandbox only with
     ``partial_credit``: otherwise the verdict is already 0 and they are skipped."""
-    from . import SandboxFailure
-
     frames: list[dict[str, Any]] = []
     todo = list(reqs)
     while todo:
@@ -99,42 +98,78 @@ def execute(
     return frames, None
 
 
-def run_script(v: CodeVerifier, spec: ScriptSpec, code: str, deadline: float) -> Outcome:
-    """HumanEval/MBPP: transcripts from the sandbox, verdicts from a judge replay."""
-    from . import Outcome
+def _plan(v: CodeVerifier, spec: ScriptSpec, deadline: float) -> list[list[Any]] | None:
+    """Each test's first-round calls, planned once per row by the judge (no program)."""
+    if spec.plan is None:
+        base = {"preamble": spec.preamble, "proxy": spec.proxy, "seed": spec.seed}
+        ans = v._judge.call({"op": "plan", **base, "tests": spec.tests}, deadline)
+        calls = ans.get("calls") if ans else None
+        if not isinstance(calls, list) or len(calls) != len(spec.tests):
+            return None
+        spec.plan = calls
+    return spec.plan
 
+
+def run_script(v: CodeVerifier, spec: ScriptSpec, code: str, deadline: float) -> Outcome:
+    """HumanEval/MBPP: the planned calls in the sandbox, verdicts from a judge replay.
+
+    A test whose replay needs calls the plan did not foresee gets them in another sandbox
+    run (with its earlier calls, so program objects are rebuilt), up to ``max_rounds``."""
     o = v.options
     out = Outcome([])
     n = len(spec.tests)
+    judge_deadline = deadline + o.judge_grace_s
+    plan = _plan(v, spec, judge_deadline)
+    if plan is None:
+        out.timeout = True
+        out.passed, out.reasons = [False] * n, ["judge time limit exceeded (planning)"] * n
+        return out
+    calls = [list(c) for c in plan]
+    verdicts: list[tuple[bool, str | None] | None] = [None] * n
     base = {"preamble": spec.preamble, "proxy": spec.proxy, "seed": spec.seed}
-    reqs = [
-        {"src": f"<script {k}>", "env": {"$d": []}, "script": {**base, "test": t}}
-        for k, t in enumerate(spec.tests)
-    ]
     # a HumanEval check is one request holding many calls: give it the sample's budget
     step = max(o.test_timeout_s, o.total_timeout_s / n)
-    frames, init_err = execute(v, code, reqs, deadline, step, out)
-    if init_err is not None:
-        out.passed, out.reasons = [False] * n, [init_err] * n
-        return out
-    msg = {"op": "script", **base, "tests": spec.tests, "frames": frames}
-    ans = v._judge.call(msg, deadline + o.judge_grace_s)
-    vs = ans.get("verdicts") if ans else None
-    if not isinstance(vs, list) or len(vs) != n:
-        out.timeout = True
-        vs = [[False, "judge time limit exceeded"]] * n
-    for verdict in vs:
-        ok = isinstance(verdict, list) and len(verdict) == 2 and verdict[0] is True
-        why = verdict[1] if isinstance(verdict, list) and len(verdict) == 2 else "bad verdict"
+    todo = list(range(n))
+    for round_ in range(o.max_rounds):
+        reqs = [
+            {"src": f"<script {k}>", "env": {"$d": []}, "script": {"calls": calls[k]}} for k in todo
+        ]
+        frames, init_err = execute(v, code, reqs, deadline, step, out)
+        if init_err is not None:
+            for k in todo:
+                verdicts[k] = (False, init_err)
+            break
+        more = round_ + 1 < o.max_rounds
+        msg = {"op": "script", **base, "more": more, "frames": frames}
+        msg["tests"] = [spec.tests[k] for k in todo]
+        msg["calls"] = [calls[k] for k in todo]
+        ans = v._judge.call(msg, judge_deadline)
+        vs = ans.get("verdicts") if ans else None
+        if not isinstance(vs, list) or len(vs) != len(todo):
+            out.timeout = True
+            for k in todo:
+                verdicts[k] = (False, "judge time limit exceeded")
+            break
+        again = []
+        for k, verdict in zip(todo, vs, strict=True):
+            ok, why = verdict if isinstance(verdict, list) and len(verdict) == 2 else (0, 0)
+            if ok is None and isinstance(why, list) and more:
+                calls[k] += why
+                again.append(k)
+            else:
+                verdicts[k] = (ok is True, None if ok is True else str(why or "failed"))
+        todo = again
+        if not todo:
+            break
+    for verdict in verdicts:
+        ok, why = verdict or (False, "not judged")
         out.passed.append(ok)
-        out.reasons.append(None if ok else (why if isinstance(why, str) else "failed"))
+        out.reasons.append(why)
     return out
 
 
 def run_stdio(v: CodeVerifier, spec: StdioSpec, code: str, deadline: float) -> Outcome:
     """stdin/stdout cases, all in one sandbox; stdout compared here by tokens."""
-    from . import Outcome
-
     o = v.options
     out = Outcome([])
     cap = o.max_output_kb << 10

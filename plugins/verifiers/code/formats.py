@@ -20,29 +20,48 @@ dataset row, or one field of it (``reference_key``) with the rest found in ``Pro
 
 Threat model. The program is hostile and controls everything inside its sandbox: the
 interpreter, ``builtins``, ``assert``, the harness, the values it returns (their
-``__eq__`` included), its exit status and its output. It cannot reach the trusted side
-except through data: length-prefixed frames parsed under caps, values decoded by
-``values.decode_value`` under caps, in a judge process killed at a deadline.
+``__eq__`` included), its exit status and its output, and it can read all of it: stack
+frames and their locals, code objects and their constants and bytecode, ``gc``,
+``sys.modules``, the harness's message, files, ``/proc/self``. It cannot reach the trusted
+side except through data: length-prefixed frames parsed under caps, values decoded by
+``values.decode_value`` under caps, in a judge process killed at a deadline. A frame out of
+shape fails the sample with a reason; only a failure of the trusted side (the sandbox
+would not start, the reference is malformed) is a verifier error.
 
-So no verdict is ever taken from the sandbox. For HumanEval/MBPP the dataset's test
-script runs twice: in the sandbox with each program function (``entry_point``; for MBPP
-every name the assertions use but do not define) wrapped by a recorder, which produces a
-*transcript* (the canonical form of each call's arguments, and the plain-data value it
-returned or the exception type it raised); then in the judge process with genuine
-builtins and the same ``random`` seed, where those names are proxies that answer each call
-from the transcript, decoded to plain builtin types. Asserts, comparisons, ``deepcopy`` and
-helpers from the dataset's prompt all run there, on plain data. A call the transcript does
-not hold (the program died, exited early, lied about arguments, or the test drew other
-inputs), an unencodable result, or a re-raised non-builtin exception fails the test, even
-if the test would swallow the error. Forging a pass therefore means putting, for every
-call the trusted test makes, the right value in the transcript: computing the answer.
-Objects that are not plain data (a class instance the program returns) travel as opaque
-handles that the test can pass back to the program but not look into.
+So no verdict is ever taken from the sandbox, and nothing that decides one ever enters it.
+What may reach the sandbox: the program, and the *inputs* of the calls the test makes of
+the program's functions (plain data, or handles to objects the program itself returned).
+What may not: the test's source or code, its expected values, comparisons, assertion
+messages, ``METADATA``, helpers, imports, or random state. For HumanEval/MBPP the dataset's
+test runs only on the trusted side (``script``): first with softened asserts and
+placeholder answers to *plan* its calls (cached per row, no program involved), whose
+arguments go to the sandbox as data; the sandbox makes just those calls and returns a
+result per call (the plain-data value, ``{"$h": k}`` for a program object, or the
+exception type raised). Then the real test runs in the judge process with genuine builtins
+and the same ``random`` seed, each program function answering from those results, keyed by
+the arguments the trusted side planned. Asserts, comparisons, ``deepcopy`` and helpers from
+the dataset's prompt all run there, on plain data. A test that branches on a result and so
+makes a call the plan did not foresee is planned again with the results known, in a fresh
+sandbox, up to ``max_rounds`` sandbox runs; past that it fails closed and says so. A call
+with no answer (the program died or exited early), an unencodable result, or a re-raised
+non-builtin exception fails the test, even if the test would swallow the error. Forging a
+pass therefore means returning, for every call the trusted test makes, the right value:
+computing the answer. Residual: the program sees all the inputs of a test at once, so a
+test whose later inputs are its earlier answers (``f(3) == 5`` then ``f(5)``) shows them.
 
 For stdin/stdout the program runs in forked children of the (clean) harness, never in the
 harness process itself; the trusted side compares the captured stdout with the expected
 output, which never enters the sandbox. A printed "PASSED", an early ``exit(0)`` or a
-patched harness yields only output, and output passes only when it is the answer.
+patched harness yields only output, and output passes only when it is the answer. The
+function formats of ``judge`` send only the argument lists (``inputs``) or, for assertion
+tests, single steps on program objects: a call of a program name (``f(2)``, ``Solution()``)
+with its arguments, and a call, attribute or subscript on a value the program returned that
+is not plain data (``Solution().twoSum([2, 7], 9)``, ``f(x).val``), re-sent with the chain
+that built it. A step on plain data (``f(2).startswith("abc")``, ``f(2)[0]``, ``==``) runs in
+the judge on genuine builtins, so an expected value reaches the sandbox only as an argument
+the test itself passes to program code. Residual: a program that returns an object of its
+own where the test expects a string makes ``.startswith("abc")`` such a step, and sees
+``"abc"``; no rule tells a design class's ``get``/``pop`` from a forged ``startswith``.
 
 Known limits: a test that passes non-plain objects of its own to the program (a lambda),
 relies on the program mutating an argument in place, or derives its inputs from hash
@@ -54,18 +73,14 @@ the program (then a program could redefine them).
 from __future__ import annotations
 
 import ast
-import builtins
 import json
 import math
-import random
 import re
 import sys
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .harness import Unencodable, call_key
-from .judge import _BUILTINS, _NO_IMPORT, _RAISABLE, ReferenceError_, _bound_names, decode_result
+from .judge import _BUILTINS, _NO_IMPORT, ReferenceError_, _bound_names
 
 SEED = 1234
 _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ()))
@@ -81,6 +96,8 @@ class ScriptSpec:
     labels: list[str] = field(default_factory=list)
     kind: str = "script"
     seed: int = SEED
+    #: per test, the first round's planned calls (``script.judge_plan``), once computed
+    plan: list[list[Any]] | None = None
 
     @property
     def num_tests(self) -> int:
@@ -250,116 +267,11 @@ def parse_format(ref: Any, meta: Any = None) -> ScriptSpec | StdioSpec | None:
 
 
 def unwrap_apps(ref: Any) -> Any:
-    """APPS' call-based ``input_output`` record as ``judge.parse_reference`` takes it."""
+    """APPS' call-based ``input_output`` record as ``judge_reference.parse_reference`` takes it."""
     ref = _maybe_json(ref)
     if isinstance(ref, dict) and "input_output" in ref:
         return _maybe_json(ref["input_output"])
     return ref
-
-
-# ------------------------------------------------------------------------ replay (judge)
-
-
-class _Unreplayable(BaseException):
-    """A call the transcript cannot answer: fails the test even under ``except:``."""
-
-
-class Handle:
-    """A program object the test may pass back to the program but not look into."""
-
-    __slots__ = ("k",)
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-
-    def __repr__(self) -> str:
-        return f"<program object {self.k}>"
-
-
-def _handle(o: Any) -> Any:
-    if type(o) is Handle:
-        return {"$h": o.k}
-    raise Unencodable(f"cannot pass a {type(o).__name__} to the program")
-
-
-def replay(spec: dict[str, Any], transcript: Any) -> tuple[bool, str | None]:
-    """Run one test script on the trusted side, program calls answered by ``transcript``."""
-    if not isinstance(transcript, list):
-        return False, "malformed transcript"
-    table: dict[str, deque[Any]] = {}
-    for item in transcript:
-        if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str):
-            table.setdefault(item[0], deque()).append(item[1])
-    problems: list[str] = []
-    handles: dict[int, Handle] = {}
-
-    def proxy(name: str) -> Any:
-        def call(*a: Any, **kw: Any) -> Any:
-            try:
-                key = call_key(name, a, kw, _handle)
-            except (Unencodable, RecursionError) as e:
-                problems.append(f"{name}: {e}")
-                raise _Unreplayable from None
-            q = table.get(key)
-            if not q:
-                problems.append(f"the program made no call {key.replace(chr(0), '')[:200]}")
-                raise _Unreplayable
-            res = q.popleft()
-            if not isinstance(res, dict):
-                problems.append("malformed transcript")
-                raise _Unreplayable
-            v = res.get("value")
-            if res.get("ok") is True and isinstance(v, dict) and list(v) == ["$h"]:
-                k = v["$h"]
-                if type(k) is not int:
-                    problems.append("malformed transcript")
-                    raise _Unreplayable
-                return handles.setdefault(k, Handle(k))
-            r = decode_result(res)
-            if r.ok:
-                return r.value
-            exc = _RAISABLE.get(r.etype)
-            if exc is None:
-                problems.append(f"{name} raised {r.etype}: {r.error}"[:300])
-                raise _Unreplayable
-            raise exc(r.error)
-
-        call.__name__ = name
-        return call
-
-    random.seed(int(spec.get("seed", SEED)))
-    ns: dict[str, Any] = {"__builtins__": builtins, "__name__": "__srpo_test__"}
-    try:
-        exec(compile(spec["preamble"], "<test setup>", "exec"), ns)
-        for n in spec["proxy"]:
-            ns[n] = proxy(n)
-        exec(compile(spec["test"], "<test>", "exec"), ns)
-    except _Unreplayable:
-        return False, problems[0] if problems else "unreplayable call"
-    except AssertionError as e:
-        return False, problems[0] if problems else f"assertion failed ({e})"[:300]
-    except BaseException as e:
-        if problems:
-            return False, problems[0]
-        return False, f"{type(e).__name__}: {e}"[:300]
-    if problems:
-        return False, problems[0]
-    return True, None
-
-
-def judge_script(msg: dict[str, Any]) -> dict[str, Any]:
-    """Worker op ``script``: one verdict per test, from its sandbox result frame."""
-    verdicts = []
-    for test, frame in zip(msg["tests"], msg["frames"], strict=True):
-        spec = {**msg, "test": test}
-        if not isinstance(frame, dict) or frame.get("ok") is not True:
-            etype = frame.get("etype") if isinstance(frame, dict) else None
-            error = frame.get("error") if isinstance(frame, dict) else None
-            verdicts.append([False, f"{etype}: {error}"[:300]])
-            continue
-        ok, why = replay(spec, frame.get("value"))
-        verdicts.append([ok, why if why is None else why[:500]])
-    return {"verdicts": verdicts}
 
 
 # ------------------------------------------------------------------------ stdout

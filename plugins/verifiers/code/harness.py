@@ -3,7 +3,8 @@
 This file is executed *inside* the sandbox as ``python -I -c <source>``; the trusted side
 also imports it for ``encode``/``decode``. Its job is deliberately small: set the limits,
 drop privileges, execute the program, then evaluate the expressions the trusted side asks
-for ("holes": ``f(2)``, ``Solution().twoSum([2, 7], 9)``) and stream back their *values*.
+for (single steps on program objects: ``f(2)``, ``(Solution()).twoSum([2, 7], 9)``, never
+``f(2).startswith("abc")``) and stream back their *values*.
 It never decides pass/fail: the trusted side compares the values with expectations the
 sandbox never sees. So whatever the program does to this process (patching builtins,
 ``assert``, ``sys.modules``, this harness, writing fake frames) it can at most forge values,
@@ -17,9 +18,11 @@ Protocol: the trusted side writes one length-prefixed JSON message on fd 3::
 In ``calls`` mode the harness answers on fd 4 with length-prefixed JSON frames: first
 ``{"init": true}`` or ``{"init": false, "error": str}``, then one
 ``{"i": k, "ok": true, "value": enc}`` / ``{"i": k, "ok": false, "etype": str, "error": str}``
-per request, in order. Two more request kinds serve ``formats``: ``{"script": {...}}`` runs
-a dataset test script with the program's functions recorded and returns the transcript
-(``_run_script``); ``{"stdio": {...}}`` requests (all of a run) run the program as
+per request, in order; a value that is not plain data comes back as ``{"$h": 0}`` (a
+program object: the trusted side may ask for a step on it in a later request, and the
+object is rebuilt there from the chain that made it). Two more request kinds serve ``formats``: ``{"script": {"calls": [...]}}``
+makes the calls the trusted side planned for one dataset test and returns their results
+(``_run_script``; the test itself never comes here); ``{"stdio": {...}}`` requests (all of a run) run the program as
 ``__main__`` once per case in forked children, never in this process (``_serve_stdio``).
 In ``stdin`` mode the program runs as ``__main__`` on the real
 stdin/stdout and its exit status is the process's.
@@ -83,42 +86,27 @@ def encode(v: Any, depth: int = 0, handle: Any = None) -> Any:
     raise Unencodable(f"cannot return a {type(v).__name__} to the judge")
 
 
-def _canon_tree(v: Any) -> Any:
+def decode(v: Any, ref: Any = None) -> Any:
+    """Inverse of ``encode``; builds only plain builtin types (never calls untrusted code).
+
+    ``ref(tag, k)``: resolves the references ``{"$h": k}`` / ``{"$r": k}`` (``_run_script``)."""
     if isinstance(v, list):
-        return [_canon_tree(x) for x in v]
-    if isinstance(v, dict) and len(v) == 1:
-        ((tag, x),) = v.items()
-        if isinstance(x, list):
-            xs = [_canon_tree(y) for y in x]
-            if tag in ("$s", "$fs", "$d"):  # iteration order may differ between processes
-                xs.sort(key=lambda y: json.dumps(y, sort_keys=True))
-            return {tag: xs}
-    return v
-
-
-def call_key(name: str, args: Any, kwargs: Any, handle: Any) -> str:
-    """A canonical string naming the call ``name(*args, **kwargs)`` (both sides agree)."""
-    enc = encode([list(args), dict(kwargs)], handle=handle)
-    return name + "\x00" + json.dumps(_canon_tree(enc), sort_keys=True, separators=(",", ":"))
-
-
-def decode(v: Any) -> Any:
-    """Inverse of ``encode``; builds only plain builtin types (never calls untrusted code)."""
-    if isinstance(v, list):
-        return [decode(x) for x in v]
+        return [decode(x, ref) for x in v]
     if not isinstance(v, dict):
         return v
     if len(v) != 1:
         raise ValueError("malformed value")
     ((tag, x),) = v.items()
     if tag == "$t":
-        return tuple(decode(y) for y in x)
+        return tuple(decode(y, ref) for y in x)
     if tag == "$s":
-        return {decode(y) for y in x}
+        return {decode(y, ref) for y in x}
     if tag == "$fs":
-        return frozenset(decode(y) for y in x)
+        return frozenset(decode(y, ref) for y in x)
     if tag == "$d":
-        return {decode(k): decode(y) for k, y in x}
+        return {decode(k, ref): decode(y, ref) for k, y in x}
+    if tag in ("$h", "$r") and ref is not None and type(x) is int:
+        return ref(tag, x)
     if tag == "$i":
         return int(x, 16)
     if tag == "$f":
@@ -224,7 +212,11 @@ def _serve_calls(msg: dict[str, Any], emit: Any) -> None:
             else:
                 env = decode(req["env"])
                 value = eval(compile(req["src"], f"<test {k}>", "eval"), g, env)
-                res = {"i": k, "ok": True, "value": encode(value)}
+                try:
+                    enc = encode(value)
+                except Unencodable:  # a program object: the trusted side may step on it
+                    enc = {"$h": 0}
+                res = {"i": k, "ok": True, "value": enc}
         except BaseException as e:
             res = {"i": k, "ok": False, "etype": type(e).__name__, "error": str(e)[:2000]}
         try:
@@ -234,65 +226,51 @@ def _serve_calls(msg: dict[str, Any], emit: Any) -> None:
 
 
 def _run_script(spec: dict[str, Any], g: dict[str, Any]) -> list[Any]:
-    """Run a dataset test script with the program's functions wrapped by recorders.
+    """Make the calls the trusted side planned for one dataset test, in order.
 
-    Returns the transcript ``[[call_key, result], ...]``: what each call of a program
-    function was given and what it returned (plain data, or ``{"$h": k}`` for other
-    objects) or raised. The trusted side re-runs the same script against this transcript
-    (``formats``); nothing here decides pass/fail. ``random`` is seeded as there, and its
-    state is restored around every program call so the script draws the same inputs.
+    ``spec["calls"]``: ``[[name, [args, kwargs]], ...]`` in ``encode``'s form, where
+    ``{"$h": k}`` is the k-th program object returned so far and ``{"$r": j}`` what call
+    ``j`` returned. No test code, expected value or comparison comes here (``script``).
+    Returns one result per call: ``{"ok": true, "value": enc}`` (a program object as
+    ``{"$h": k}``) or ``{"ok": false, "etype", "error"}``; nothing here decides pass/fail.
     """
-    import builtins
-    import random
-
-    calls: list[Any] = []
-    objs: dict[int, tuple[int, Any]] = {}
+    objs: dict[int, int] = {}
+    kept: list[Any] = []  # program objects by handle (kept alive: ids stay unique)
+    raw: list[Any] = []  # what each call returned (``missing`` when it raised)
+    missing = object()
+    out: list[Any] = []
 
     def handle(o: Any) -> Any:
-        h = objs.get(id(o))
-        if h is None:
-            h = objs[id(o)] = (len(objs), o)
-        return {"$h": h[0]}
+        k = objs.get(id(o))
+        if k is None:
+            k = objs[id(o)] = len(kept)
+            kept.append(o)
+        return {"$h": k}
 
-    def recorder(name: str, fn: Any) -> Any:
-        def call(*a: Any, **kw: Any) -> Any:
-            try:
-                key = call_key(name, a, kw, handle)
-            except BaseException:
-                key = None
-            st = random.getstate()
-            try:
-                r = fn(*a, **kw)
-            except BaseException as e:
-                random.setstate(st)
-                calls.append([key, {"ok": False, "etype": type(e).__name__, "error": str(e)[:500]}])
-                raise
-            random.setstate(st)
-            try:
-                res = {"ok": True, "value": encode(r, handle=handle)}
-            except BaseException as e:
-                res = {"ok": False, "etype": "Unencodable", "error": repr(e)[:500]}
-            calls.append([key, res])
-            return r
+    def ref(tag: str, x: Any) -> Any:
+        got = kept[x] if tag == "$h" else raw[x]
+        if got is missing:
+            raise ValueError("an argument the program did not produce")
+        return got
 
-        return call
-
-    def missing(name: str) -> Any:
-        def call(*a: Any, **kw: Any) -> Any:
-            raise NameError(f"name {name!r} is not defined")
-
-        return call
-
-    ns: dict[str, Any] = {"__builtins__": builtins, "__name__": "__srpo_test__"}
-    random.seed(spec["seed"])
-    try:
-        exec(compile(spec["preamble"], "<test setup>", "exec"), ns)
-        for n in spec["proxy"]:
-            ns[n] = recorder(n, g[n]) if callable(g.get(n)) else missing(n)
-        exec(compile(spec["test"], "<test>", "exec"), ns)
-    except BaseException:
-        pass
-    return calls
+    for name, enc in spec["calls"]:
+        try:
+            fn = g.get(name)
+            if not callable(fn):
+                raise NameError(f"name {name!r} is not defined")
+            a, kw = decode(enc, ref)
+            r = fn(*a, **kw)
+        except BaseException as e:
+            raw.append(missing)
+            out.append({"ok": False, "etype": type(e).__name__, "error": str(e)[:500]})
+            continue
+        raw.append(r)
+        try:
+            res = {"ok": True, "value": encode(r, handle=handle)}
+        except BaseException as e:
+            res = {"ok": False, "etype": "Unencodable", "error": repr(e)[:500]}
+        out.append(res)
+    return out
 
 
 def _serve_stdio(program: str, reqs: list[dict[str, Any]], emit: Any) -> None:

@@ -8,18 +8,15 @@ Workers are reused across samples; one runs per verifier thread at most.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import selectors
-import struct
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from .._worker import KillableWorker
 
 _BOOT = """\
 import sys, types
@@ -32,63 +29,27 @@ main({memory})
 _MAX_ANSWER_BYTES = 64 << 20
 
 
-class JudgeWorker:
+class JudgeWorker(KillableWorker):
     """One judge process: ``python -I -S`` with only the judge's modules loaded."""
 
     def __init__(self, memory_bytes: int, python: str = sys.executable) -> None:
         boot = _BOOT.format(dir=str(Path(__file__).parent), memory=memory_bytes)
-        self.proc = subprocess.Popen(
-            [python, "-I", "-S", "-c", boot],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        super().__init__([python, "-I", "-S", "-c", boot], max_reply_bytes=_MAX_ANSWER_BYTES)
 
     def call(self, msg: dict[str, Any], deadline: float) -> dict[str, Any] | None:
         """The worker's answer, or None when it missed ``deadline`` or misbehaved."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
         msg = {**msg, "cpu_s": max(1, math.ceil(deadline - time.monotonic()))}
-        data = json.dumps(msg).encode()
-        try:  # the worker is idle, so it reads all of this before doing anything else
-            self.proc.stdin.write(struct.pack(">I", len(data)) + data)
-            self.proc.stdin.flush()
-        except OSError:
+        # the worker is idle, so it reads all of this before doing anything else
+        if not self.send(json.dumps(msg).encode()):
             return None
-        fd = self.proc.stdout.fileno()
-        buf = bytearray()
-        need = 4
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while len(buf) < need:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    return None
-                chunk = os.read(fd, max(need - len(buf), 65536))
-                if not chunk:
-                    return None
-                buf += chunk
-                if need == 4 and len(buf) >= 4:
-                    (n,) = struct.unpack(">I", buf[:4])
-                    if n > _MAX_ANSWER_BYTES:
-                        return None
-                    need = 4 + n
-        if len(buf) != need:
+        got = self.receive(deadline)
+        if not isinstance(got, bytes):
             return None
         try:
-            ans = json.loads(bytes(buf[4:]))
+            ans = json.loads(got)
         except (ValueError, RecursionError):
             return None
         return ans if isinstance(ans, dict) and "error" not in ans else None
-
-    def kill(self) -> None:
-        with contextlib.suppress(OSError):
-            self.proc.kill()
-        self.proc.wait()
-        for f in (self.proc.stdin, self.proc.stdout):
-            with contextlib.suppress(OSError):
-                if f is not None:
-                    f.close()
 
 
 class JudgePool:

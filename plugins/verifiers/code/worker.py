@@ -7,13 +7,16 @@ kills at the sample's time budget (``judge_pool``), under an address-space cap a
 limit that ends it if the trainer is gone. It imports only the stdlib and the judge's own
 modules (loaded without the plugin package, so it starts in tens of milliseconds).
 
-Protocol: length-prefixed JSON on stdin, one answer per message on stdout::
+Protocol: JSON in the frames of ``plugins/verifiers/_worker.py`` (an 8-byte big-endian
+length, then the body) on stdin, one answer per message on stdout::
 
     {"op": "asserts", "names": [str], "tests": {k: source}, "results": {key: frame}}
       -> {"verdicts": {k: [passed | null, reason | null]}, "pending": [request]}
     {"op": "io", "cases": [[frame, expected]]} -> {"verdicts": [[passed, reason | null]]}
-    {"op": "script", "preamble": str, "proxy": [str], "seed": int, "tests": [source],
-     "frames": [frame]} -> {"verdicts": [[passed, reason | null]]}   (see ``formats``)
+    {"op": "plan", "preamble": str, "proxy": [str], "seed": int, "tests": [source]}
+      -> {"calls": [[call]]}                       (per test; see ``script``)
+    {"op": "script", ...plan's fields, "calls": [[call]], "frames": [frame], "more": bool}
+      -> {"verdicts": [[passed, reason | null] | [null, [call]]]}
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ def _read(n: int) -> bytes:
 
 def _write(obj: dict[str, Any]) -> None:
     data = json.dumps(obj).encode()
-    data = struct.pack(">I", len(data)) + data
+    data = struct.pack("!Q", len(data)) + data
     while data:
         data = data[os.write(1, data) :]
 
@@ -91,7 +94,7 @@ def main(memory_bytes: int) -> None:  # pragma: no cover - runs in the judge pro
     sys.set_int_max_str_digits(4300)  # str(int) is quadratic: keep CPython's default cap
     while True:
         try:
-            (n,) = struct.unpack(">I", _read(4))
+            (n,) = struct.unpack("!Q", _read(8))
             msg = json.loads(_read(n))
         except EOFError:
             return
@@ -100,10 +103,10 @@ def main(memory_bytes: int) -> None:  # pragma: no cover - runs in the judge pro
         budget = int(used + float(msg.get("cpu_s", 60))) + 1
         resource.setrlimit(resource.RLIMIT_CPU, (budget, resource.RLIM_INFINITY))
         try:
-            if msg["op"] == "script":
-                from .formats import judge_script
+            if msg["op"] in ("script", "plan"):
+                from .script import judge_plan, judge_script
 
-                ans = judge_script(msg)
+                ans = judge_script(msg) if msg["op"] == "script" else judge_plan(msg)
             else:
                 ans = judge_asserts(msg) if msg["op"] == "asserts" else judge_io(msg)
         except MemoryError:

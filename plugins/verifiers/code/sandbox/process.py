@@ -220,14 +220,18 @@ class _Collector:
         if self.frame_bytes > self.limits.result_bytes:
             self.result.output_exceeded = True
             raise _Stop
-        for fr in parse_frames(self.frame_buf):
-            if "started" in fr:
-                self.info.note()
-            self.result.frames.append(fr)
-            if len(self.result.frames) > self.max_frames:
-                self.result.output_exceeded = True
-                raise _Stop
-            self.step_deadline = time.monotonic() + self.job.step_timeout_s
+        got: list[dict[str, Any]] = []
+        try:
+            parse_frames(self.frame_buf, got)
+        finally:  # frames before a malformed one still count: "started" proves the harness ran
+            for fr in got:
+                if "started" in fr:
+                    self.info.note()
+                self.result.frames.append(fr)
+                if len(self.result.frames) > self.max_frames:
+                    self.result.output_exceeded = True
+                    raise _Stop
+                self.step_deadline = time.monotonic() + self.job.step_timeout_s
 
     def _on_output(self, fd: int, chunk: bytes) -> None:
         buf = self.outs[fd]
@@ -255,9 +259,10 @@ def loads_bounded(data: bytes | str) -> Any:
         raise ValueError("frame nested too deeply") from None
 
 
-def parse_frames(buf: bytearray) -> list[dict[str, Any]]:
-    """Complete frames at the head of ``buf`` (consumed); raises ValueError on garbage."""
-    out = []
+def parse_frames(buf: bytearray, out: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Complete frames at the head of ``buf`` (consumed), appended to ``out``; raises
+    ValueError on garbage, with the frames before it already in ``out``."""
+    out = [] if out is None else out
     while len(buf) >= 4:
         (n,) = struct.unpack(">I", buf[:4])
         if n > _MAX_FRAME_BYTES:
