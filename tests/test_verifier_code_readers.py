@@ -1,6 +1,6 @@
 """Programs that read the test instead of solving the task score 0 in every format.
 
-The readers (``tests/support/test_readers.py``) search the stack, code objects and their
+The readers (``tests/support/answer_readers.py``) search the stack, code objects and their
 bytecode, ``gc``, ``sys.modules``, the harness, files and ``/proc/self`` for the expected
 values. Each one passes where the test is reachable (positive control, in this process),
 and scores 0 in the verifier, never as a verifier error, while honest solutions score 1.
@@ -24,6 +24,7 @@ from srpo_plugins.verifiers.code.sandbox.process import parse_frames
 
 from srpo.api import PluginContext
 from srpo.types import Prompt
+from tests.support.answer_readers import READERS, reachable, reader
 from tests.support.code_datasets import (
     HE_ADD,
     HE_HAS_CLOSE,
@@ -35,7 +36,6 @@ from tests.support.code_datasets import (
     he_solution,
     mbpp_record,
 )
-from tests.support.test_readers import READERS, reachable, reader
 
 HE = [HE_HAS_CLOSE, HE_TRUNCATE, HE_SUM_PRODUCT, HE_ADD]
 FN_ASSERTS = {"fn_name": "sq", "tests": ["assert sq(3) == 9", "assert sq(-4) == 16"]}
