@@ -10,7 +10,6 @@ the sandbox, with the chain that built the object.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from srpo_plugins.verifiers.code import CodeVerifier
@@ -20,15 +19,9 @@ from srpo_plugins.verifiers.code.judge import (
     run_assert_test,
 )
 
-from srpo.api import PluginContext
 from srpo.types import Prompt
-
-
-def make(**opts) -> CodeVerifier:
-    opts.setdefault("test_timeout_s", 5.0)
-    opts.setdefault("total_timeout_s", 20.0)
-    ctx = PluginContext(run_dir=Path("."), seed=0, num_workers=2)
-    return CodeVerifier(CodeVerifier.Options(**opts), ctx)
+from tests.support.code_verifier import block
+from tests.support.code_verifier import make_verifier as make
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +29,6 @@ def verifier():
     v = make()
     yield v
     v.close()
-
-
-def block(code: str) -> str:
-    return f"```python\n{code}\n```\n"
 
 
 def scores(v: CodeVerifier, tests: list[str], code: str) -> list[float]:

@@ -22,7 +22,6 @@ from srpo_plugins.verifiers.code.format_run import _plan
 from srpo_plugins.verifiers.code.formats import parse_format
 from srpo_plugins.verifiers.code.sandbox.process import parse_frames
 
-from srpo.api import PluginContext
 from srpo.types import Prompt
 from tests.support.answer_readers import READERS, reachable, reader
 from tests.support.code_datasets import (
@@ -36,6 +35,8 @@ from tests.support.code_datasets import (
     he_solution,
     mbpp_record,
 )
+from tests.support.code_verifier import block
+from tests.support.code_verifier import make_verifier as make
 
 HE = [HE_HAS_CLOSE, HE_TRUNCATE, HE_SUM_PRODUCT, HE_ADD]
 FN_ASSERTS = {"fn_name": "sq", "tests": ["assert sq(3) == 9", "assert sq(-4) == 16"]}
@@ -43,22 +44,11 @@ FN_IO = {"fn_name": "sq", "inputs": [[3], [-4], [5]], "outputs": [9, 16, 25]}
 SQ = "def sq(x):\n    return x * x\n"
 
 
-def make(**opts) -> CodeVerifier:
-    opts.setdefault("test_timeout_s", 5.0)
-    opts.setdefault("total_timeout_s", 20.0)
-    ctx = PluginContext(run_dir=Path("."), seed=0, num_workers=2)
-    return CodeVerifier(CodeVerifier.Options(**opts), ctx)
-
-
 @pytest.fixture(scope="module")
 def verifier():
     v = make()
     yield v
     v.close()
-
-
-def block(code: str) -> str:
-    return f"```python\n{code}\n```\n"
 
 
 def score(v: CodeVerifier, refs: list, codes: list[str]):
