@@ -14,7 +14,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +243,31 @@ def tiny_kernel(
     return build(load_config(path), history_factory=open_history)
 
 
+@contextmanager
+def tiny_kernel_run(prefix: str, **kw: Any) -> Iterator[Any]:
+    """A ``tiny_kernel`` in a temporary directory, at the start of epoch 0; afterwards its
+    roles and history store closed, the directory removed and torch's thread count restored
+    (the kernel sets ``run.threads``)."""
+    import torch
+
+    from srpo.kernel.build import close_roles
+
+    threads_before = torch.get_num_threads()
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    kernel = None
+    try:
+        kernel = tiny_kernel(tmp, **kw)
+        kernel.roles.curriculum.begin_epoch(0)
+        yield kernel
+    finally:
+        if kernel is not None:
+            close_roles(kernel)
+            if kernel.history is not None:
+                kernel.history.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        torch.set_num_threads(threads_before)
+
+
 PARTS = ("generate", "verify", "update", "history")
 
 
@@ -253,11 +279,8 @@ def measure_kernel(
     ``time/other ÷ time/step`` (inside ``Kernel.step``'s clock), and the gated one, which
     also counts what runs after that clock stops (curriculum ``observe``, the StepEnd event
     to the loggers): (wall time of ``Kernel.step()`` − the four parts) ÷ that wall time."""
-    import torch
-
     from srpo.api import Logger
     from srpo.events import StepEnd
-    from srpo.kernel.build import close_roles
 
     class Collect(Logger):
         def __init__(self) -> None:
@@ -267,14 +290,10 @@ def measure_kernel(
             if isinstance(event, StepEnd):
                 self.metrics.append(dict(event.metrics))
 
-    threads_before = torch.get_num_threads()
-    tmp = Path(tempfile.mkdtemp(prefix="gate-kernel-"))
-    kernel = None
-    try:
-        kernel = tiny_kernel(tmp, prompts_per_step, max_new_tokens, threads)
+    kw = {"prompts_per_step": prompts_per_step, "max_new_tokens": max_new_tokens}
+    with tiny_kernel_run("gate-kernel-", threads=threads, **kw) as kernel:
         collect = Collect()
         kernel.roles.loggers.append(collect)
-        kernel.roles.curriculum.begin_epoch(0)
         kernel.step()  # warm-up (first-call allocations, lazy imports)
         walls = []
         for _ in range(steps):
@@ -303,13 +322,6 @@ def measure_kernel(
             "snapshot_s": snapshot_s,
             **{f"{p}_s": sum(m[f"time/{p}"] for m in ms) / steps for p in PARTS},
         }
-    finally:
-        if kernel is not None:
-            close_roles(kernel)
-            if kernel.history is not None:
-                kernel.history.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        torch.set_num_threads(threads_before)
     return {"kernel_overhead": (wall - parts) / wall, "details": details}
 
 

@@ -2,19 +2,16 @@
 
 ``python -m benchmarks.gate --profile`` prints it; it is not a gate, but the tool for finding
 out why ``kernel_overhead`` moved. Its own module because it shares only the tiny-task
-kernel (``gate_measurements.tiny_kernel``) with the measurements.
+kernel (``gate_measurements.tiny_kernel_run``) with the measurements.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from benchmarks.gate_measurements import tiny_kernel
+from benchmarks.gate_measurements import tiny_kernel_run
 
 #: where a profiled function's time goes: first matching path fragment wins
 MODULE_GROUPS = (
@@ -53,17 +50,8 @@ def profile_kernel(steps: int = 4, top: int = 12, **kw: Any) -> dict[str, Any]:
     import cProfile
     import pstats
 
-    import torch
-
-    from srpo.kernel.build import close_roles
-
-    threads_before = torch.get_num_threads()
-    tmp = Path(tempfile.mkdtemp(prefix="gate-profile-"))
-    kernel = None
     prof = cProfile.Profile()
-    try:
-        kernel = tiny_kernel(tmp, **kw)
-        kernel.roles.curriculum.begin_epoch(0)
+    with tiny_kernel_run("gate-profile-", **kw) as kernel:
         kernel.step()
         t = time.perf_counter()
         prof.enable()
@@ -71,13 +59,6 @@ def profile_kernel(steps: int = 4, top: int = 12, **kw: Any) -> dict[str, Any]:
             kernel.step()
         prof.disable()
         wall = time.perf_counter() - t
-    finally:
-        if kernel is not None:
-            close_roles(kernel)
-            if kernel.history is not None:
-                kernel.history.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        torch.set_num_threads(threads_before)
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
     own: dict[str, float] = {}
     side: list[tuple[float, str]] = []
