@@ -6,6 +6,13 @@
 // multiply the surrogate (policy-gradient) term and its gradient, not the KL term; the
 // aggregation denominators are unchanged (srpo/algo/rollout_correction.py).
 //
+// advantages (optional, [N] floating) and denominator (optional float > 0): the loss
+// pass of a micro-batch cut from a larger mini-batch. The advantages of the whole mini-batch come
+// from one advantage pass (this op on [N, 0] tensors: its `adv` output), the rows take them
+// instead of their groups' statistics, and the aggregation divides by the mini-batch's token
+// (token-mean) or sequence count instead of this call's, so the micro-batch losses add up to the
+// whole batch's loss and gradient. With advantages, rewards and group_ids are not read.
+//
 // The op returns the loss, the stats vector, the gradient d loss / d logp (computed in the same
 // pass, so backward is a scale) and the per-sequence advantages [N] (O(N), for logging/tests).
 // Autograd and the fake (meta) kernel are registered from Python (srpo/ops/_autograd.py).
@@ -45,6 +52,7 @@ struct Options {
   bool std_normalize;
   double eps, zero_var_tol;
   bool need_grad;
+  std::optional<double> denominator;  // the mini-batch's normalizer (micro-batches free of groups)
 };
 
 // Names as in srpo.algo (KL_ESTIMATORS, AGGREGATIONS), in GrpoKL / GrpoAgg order.
@@ -121,12 +129,16 @@ void check_options(const Options& o) {
                     "srpo::grpo_fwd: norm_constant must be > 0 or None");
   TORCH_CHECK_VALUE(o.eps >= 0.0 && o.zero_var_tol >= 0.0,
                     "srpo::grpo_fwd: eps and zero_var_tol must be >= 0");
+  TORCH_CHECK_VALUE(!o.denominator || *o.denominator > 0.0,
+                    "srpo::grpo_fwd: denominator must be > 0 or None, got ",
+                    o.denominator.value_or(0));
 }
 
 Options parse_options(double clip_low, double clip_high, std::optional<double> dual_clip,
                       double kl_coef, c10::string_view kl_estimator,
                       c10::string_view aggregation, std::optional<double> norm_constant,
-                      bool std_normalize, double eps, double zero_var_tol, bool need_grad) {
+                      bool std_normalize, double eps, double zero_var_tol, bool need_grad,
+                      std::optional<double> denominator) {
   Options o;
   o.clip_low = clip_low;
   o.clip_high = clip_high;
@@ -139,6 +151,7 @@ Options parse_options(double clip_low, double clip_high, std::optional<double> d
   o.eps = eps;
   o.zero_var_tol = zero_var_tol;
   o.need_grad = need_grad;
+  o.denominator = denominator;
   check_options(o);
   return o;
 }
@@ -194,7 +207,7 @@ at::ScalarType acc_type(const Tensor& logp) {
 }
 
 GrpoArgs make_args(const Options& o, int64_t n, int64_t t, at::ScalarType dt, bool has_ref,
-                   bool mask_is_bool, bool has_weight) {
+                   bool mask_is_bool, bool has_weight, bool adv_given) {
   GrpoArgs a;
   a.n = n;
   a.t = t;
@@ -213,6 +226,8 @@ GrpoArgs make_args(const Options& o, int64_t n, int64_t t, at::ScalarType dt, bo
   a.norm_constant = o.norm_constant.value_or(static_cast<double>(t));
   a.eps = o.eps;
   a.zero_var_tol = o.zero_var_tol;
+  a.adv_given = adv_given;
+  a.denom = o.denominator.value_or(0.0);
   return a;
 }
 
@@ -233,11 +248,12 @@ void point_args_at(Launch& l) {
 
 // Inputs made contiguous in the kernels' dtypes, outputs and workspace allocated, GrpoArgs
 // pointing at them. `dense_ids`: the device's group-id densifier; `parts`: partial rows of its
-// fused pass.
+// fused pass. Given `advantages` take the place of the rewards (one group: no statistics).
 Launch prepare_launch(const Tensor& rewards, const Tensor& group_ids, const Tensor& logp,
                       const Tensor& old_logp, const Tensor& mask,
                       const std::optional<Tensor>& ref_logp,
-                      const std::optional<Tensor>& token_weight, const Options& o,
+                      const std::optional<Tensor>& token_weight,
+                      const std::optional<Tensor>& advantages, const Options& o,
                       Tensor (*dense_ids)(const Tensor&), int64_t (*parts)(int64_t, int64_t)) {
   const int64_t n = logp.size(0), t = logp.size(1);
   const bool has_ref = ref_logp.has_value();
@@ -249,8 +265,13 @@ Launch prepare_launch(const Tensor& rewards, const Tensor& group_ids, const Tens
   if (has_ref) l.ref_logp = ref_logp->contiguous();
   l.mask = mask_is_bool ? mask.contiguous() : mask.to(acc_type(logp)).contiguous();
   if (token_weight.has_value()) l.token_weight = token_weight->to(acc_type(logp)).contiguous();
-  l.rewards = rewards.to(at::kDouble).contiguous();
-  l.gid = n > 0 ? dense_ids(group_ids) : group_ids.to(at::kLong);
+  if (advantages.has_value()) {
+    l.rewards = advantages->to(at::kDouble).contiguous();
+    l.gid = at::zeros({n}, group_ids.options().dtype(at::kLong));
+  } else {
+    l.rewards = rewards.to(at::kDouble).contiguous();
+    l.gid = n > 0 ? dense_ids(group_ids) : group_ids.to(at::kLong);
+  }
   l.out = at::zeros({kNumOut}, f64);  // stays 0 for an empty batch (no kernel runs)
   l.adv = at::zeros({n}, f64);
   l.grad = at::empty(o.need_grad ? std::vector<int64_t>{n, t} : std::vector<int64_t>{0},
@@ -258,7 +279,7 @@ Launch prepare_launch(const Tensor& rewards, const Tensor& group_ids, const Tens
   l.ws = at::empty({n > 0 ? grpo_workspace_doubles(n, parts(n, t)) : 0}, f64);
 
   l.args = make_args(o, n, t, logp.scalar_type(), has_ref, mask_is_bool,
-                     token_weight.has_value());
+                     token_weight.has_value(), advantages.has_value());
   point_args_at(l);
   return l;
 }
@@ -302,19 +323,32 @@ template <typename Kernels>
 Outputs grpo_fwd(const Tensor& rewards, const Tensor& group_ids, const Tensor& logp,
                  const Tensor& old_logp, const Tensor& mask,
                  const std::optional<Tensor>& ref_logp,
-                 const std::optional<Tensor>& token_weight, double clip_low, double clip_high,
+                 const std::optional<Tensor>& token_weight,
+                 const std::optional<Tensor>& advantages, double clip_low, double clip_high,
                  std::optional<double> dual_clip, double kl_coef, c10::string_view kl_estimator,
                  c10::string_view aggregation, std::optional<double> norm_constant,
-                 bool std_normalize, double eps, double zero_var_tol, bool need_grad) {
+                 bool std_normalize, double eps, double zero_var_tol, bool need_grad,
+                 std::optional<double> denominator) {
   const std::optional<Tensor> ref =
       ref_logp.has_value() && ref_logp->defined() ? ref_logp : std::nullopt;
   const std::optional<Tensor> weight =
       token_weight.has_value() && token_weight->defined() ? token_weight : std::nullopt;
+  const std::optional<Tensor> adv =
+      advantages.has_value() && advantages->defined() ? advantages : std::nullopt;
   check_tensors(rewards, group_ids, logp, old_logp, mask, ref, weight);
+  if (adv.has_value()) {
+    TORCH_CHECK_VALUE(adv->dim() == 1 && adv->size(0) == logp.size(0),
+                      "srpo::grpo_fwd: advantages must be [N] with N = logp.shape[0] = ",
+                      logp.size(0), ", got ", adv->sizes());
+    TORCH_CHECK_VALUE(adv->device() == logp.device(),
+                      "srpo::grpo_fwd: advantages must be on the device of logp");
+    TORCH_CHECK_VALUE(at::isFloatingType(adv->scalar_type()),
+                      "srpo::grpo_fwd: advantages must be floating point");
+  }
   const Options o = parse_options(clip_low, clip_high, dual_clip, kl_coef, kl_estimator,
                                   aggregation, norm_constant, std_normalize, eps, zero_var_tol,
-                                  need_grad);
-  const Launch l = prepare_launch(rewards, group_ids, logp, old_logp, mask, ref, weight, o,
+                                  need_grad, denominator);
+  const Launch l = prepare_launch(rewards, group_ids, logp, old_logp, mask, ref, weight, adv, o,
                                   Kernels::dense_ids, Kernels::parts);
   if (l.args.n > 0) Kernels::run(l.args, logp);
   return finish(l);
@@ -346,10 +380,12 @@ bool has_cuda_kernels() {
 SRPO_LIBRARY(SRPO_OP_NAMESPACE, m) {
   m.def(
       "grpo_fwd(Tensor rewards, Tensor group_ids, Tensor logp, Tensor old_logp, Tensor mask, "
-      "Tensor? ref_logp=None, Tensor? token_weight=None, *, float clip_low=0.2, float clip_high=0.2, "
+      "Tensor? ref_logp=None, Tensor? token_weight=None, Tensor? advantages=None, *, "
+      "float clip_low=0.2, float clip_high=0.2, "
       "float? dual_clip=None, float kl_coef=0.0, str kl_estimator=\"k3\", "
       "str aggregation=\"token-mean\", float? norm_constant=None, bool std_normalize=True, "
-      "float eps=1e-06, float zero_var_tol=1e-06, bool need_grad=True) "
+      "float eps=1e-06, float zero_var_tol=1e-06, bool need_grad=True, "
+      "float? denominator=None) "
       "-> (Tensor loss, Tensor stats, Tensor grad, Tensor adv)");
   m.def("abi_version() -> int", &srpo::abi_version);
   m.def("has_cuda_kernels() -> bool", &srpo::has_cuda_kernels);

@@ -11,6 +11,7 @@
 // (the aggregation normalizers need global counts first):
 //   1. row lengths        sum_t mask[i,t]                              O(N*T), mask only
 //   2. prepare            group stats, advantages, row scales          O(N)
+//                         (adv_given: the caller's advantages; denom: the caller's normalizer)
 //   3. fused rows         loss/grad/stat partials per row (or block)   O(N*T), the hot pass
 //   4. finalize           loss + stats from the partials               O(N)
 #pragma once
@@ -29,7 +30,7 @@ namespace srpo {
 
 // Bump when the op schema or the semantics change: srpo.ops refuses a stale prebuilt module
 // (srpo/ops/_loader.py ABI_VERSION).
-constexpr int64_t kGrpoAbiVersion = 5;
+constexpr int64_t kGrpoAbiVersion = 6;
 
 enum GrpoDType : int32_t { kF32 = 0, kF64 = 1, kBF16 = 2 };
 enum GrpoKL : int32_t { kKLNone = 0, kK1 = 1, kK2 = 2, kK3 = 3 };  // kKLNone: no ref_logp
@@ -90,6 +91,11 @@ struct GrpoArgs {
   double norm_constant = 0.0;  // seq-mean-token-sum-norm divisor (already resolved: None -> T)
   double eps = 1e-6;
   double zero_var_tol = 1e-6;
+  // Micro-batches free of groups (srpo/policy/microbatch.py): the advantages come from one
+  // pass over the whole mini-batch, and the loss's normalizer counts the whole mini-batch (every
+  // micro-batch, every rank), so the micro-batch losses simply add up to the big batch's.
+  bool adv_given = false;  // `rewards` holds the advantages themselves; no group statistics
+  double denom = 0.0;  // > 0: the normalizer (tokens for token-mean, sequences otherwise)
 
   const double* rewards = nullptr;  // [n] float64
   const int64_t* gid = nullptr;  // [n] dense group index in [0, n)

@@ -487,10 +487,13 @@ SRPO_HD void prepare_pass2(const GrpoArgs& a, const GrpoWorkspace& w, int64_t i)
 SRPO_HD void prepare_pass3(const GrpoArgs& a, const GrpoWorkspace& w, int64_t i, double tokens,
                            double seqs, PrepareTotals& t) {
   const int64_t g = a.gid[i];
-  const double adv = advantage(a, a.rewards[i], w.g_cnt[g], w.g_sum[g], w.g_sq[g], w.g_maxdev[g]);
+  const double adv = a.adv_given ? a.rewards[i]
+                                 : advantage(a, a.rewards[i], w.g_cnt[g], w.g_sum[g], w.g_sq[g],
+                                             w.g_maxdev[g]);
   a.adv[i] = adv;
   t.adv_abs += fabs(adv);
-  w.row_scale[i] = row_scale(a, w.row_len[i], tokens, seqs);
+  const bool given = a.denom > 0.0;  // the mini-batch's normalizer, not this call's
+  w.row_scale[i] = row_scale(a, w.row_len[i], given ? a.denom : tokens, given ? a.denom : seqs);
 }
 
 // After all passes, with the totals reduced: step 2's outputs and what steps 3-4 need.
@@ -499,7 +502,8 @@ SRPO_HD void prepare_outputs(const GrpoArgs& a, const GrpoWorkspace& w, const Pr
   w.misc[kMiscSeqs] = t.seqs;
   w.misc[kMiscGroups] = t.groups;
   a.out[kOutAdvAbs] = a.n > 0 ? t.adv_abs / static_cast<double>(a.n) : 0.0;
-  a.out[kOutZeroGroup] = t.groups > 0.0 ? t.flat / t.groups : 0.0;
+  // given advantages carry no groups: the caller reports the advantage pass's share
+  a.out[kOutZeroGroup] = (t.groups > 0.0 && !a.adv_given) ? t.flat / t.groups : 0.0;
   a.out[kOutTokens] = t.tokens;
   a.out[kOutSeqs] = t.seqs;
   a.out[kOutBadRewards] = t.bad;

@@ -169,6 +169,7 @@ def test_schema_defaults_are_loss_config_defaults() -> None:
         a.name: a.default_value for a in schema.arguments if a.kwarg_only and a.has_default_value()
     }
     assert defaults.pop("need_grad") is True
+    assert defaults.pop("denominator") is None  # the micro-batch pass's; not a LossConfig field
     assert defaults == ops.op_options(LossConfig())
 
 

@@ -293,8 +293,9 @@ def _check_all_finite(
     ref_logp: torch.Tensor | None,
     on: torch.Tensor,
     token_weight: torch.Tensor | None = None,
+    rewards_name: str = "rewards",
 ) -> None:
-    _check_finite("rewards", rewards)
+    _check_finite(rewards_name, rewards)
     _check_finite("logp", logp.detach(), on)
     _check_finite("old_logp", old_logp, on)
     if ref_logp is not None:
@@ -342,9 +343,18 @@ def grpo_loss_reference(
     ref_logp: torch.Tensor | None = None,
     cfg: LossConfig = LossConfig(),  # noqa: B008 (frozen dataclass: immutable default)
     token_weight: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None,
+    denominator: float | None = None,
 ) -> LossOutput:
     """The GRPO-family loss in plain torch ops, composed from the registered pieces named in
     ``cfg`` (see the module docstring for the math).
+
+    A micro-batch cut from a larger mini-batch (rows of any groups): ``advantages`` [N] are
+    the mini-batch's (one advantage pass over whole groups; ``rewards`` and ``group_ids`` are
+    then not read, and ``zero_adv_group_frac`` is 0: the caller has the pass's), and
+    ``denominator`` is the mini-batch's aggregation count — tokens for ``token-mean``,
+    non-empty sequences for the seq-mean aggregations (any other registered aggregation is
+    counted like them) — so the micro-batch losses add up to the mini-batch's loss.
 
     ``token_weight`` [N, T] (optional, detached) multiplies the per-token surrogate of any
     registered policy loss before the KL term is added (rollout correction); the aggregation
@@ -353,14 +363,24 @@ def grpo_loss_reference(
     Computes in float64 for float64 ``logp`` and in float32 otherwise; the loss is returned in
     that dtype. Advantages are always computed in float64.
     """
-    validate_inputs(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, token_weight)
+    validate_inputs(
+        rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, token_weight,
+        advantages, denominator,
+    )  # fmt: skip
     cdt = torch.float64 if logp.dtype == torch.float64 else torch.float32
     on = mask if mask.dtype == torch.bool else mask != 0
     m = mask.to(cdt)
+    given = advantages is not None
     if cfg.check_finite:
-        _check_all_finite(rewards, logp, old_logp, ref_logp, on, token_weight)
+        scores = advantages.detach() if given else rewards
+        name = "advantages" if given else "rewards"
+        _check_all_finite(scores, logp, old_logp, ref_logp, on, token_weight, name)
 
-    adv = ADVANTAGES.get(cfg.advantage)(rewards, group_ids, cfg)
+    if given:
+        no_groups = torch.zeros(0, dtype=torch.bool, device=logp.device)
+        adv = GroupAdvantages(advantages.detach().to(torch.float64), no_groups)
+    else:
+        adv = ADVANTAGES.get(cfg.advantage)(rewards, group_ids, cfg)
     zero = torch.zeros((), dtype=cdt, device=logp.device)
     x = torch.where(on, logp.to(cdt), zero)  # masked positions never enter the math
     xo = torch.where(on, old_logp.detach().to(cdt), zero)
@@ -374,4 +394,14 @@ def grpo_loss_reference(
         kl = KL_PENALTIES.get(cfg.kl_estimator)(x, xr)
         per_token = per_token + cfg.kl_coef * kl
     loss = LOSS_AGGREGATIONS.get(cfg.aggregation)(per_token, m, cfg)
+    if denominator is not None:  # this call's own mean -> its share of the mini-batch's
+        loss = loss * (_aggregation_units(m, cfg) / float(denominator))
     return LossOutput(loss, _stats(surrogate, x, xo, kl, adv, m))
+
+
+def _aggregation_units(m: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """What an aggregation averages over in ``m``: its tokens (token-mean) or its non-empty
+    rows (the seq-mean aggregations, and any other registered one)."""
+    if cfg.aggregation == "token-mean":
+        return m.sum()
+    return (m.sum(dim=1) > 0).sum().to(m.dtype)

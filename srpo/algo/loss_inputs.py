@@ -66,6 +66,25 @@ def _check_row_inputs(rewards: torch.Tensor, group_ids: torch.Tensor, n: int) ->
         raise ValueError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
 
 
+def _check_given(
+    advantages: torch.Tensor | None, denominator: float | None, logp: torch.Tensor
+) -> None:
+    if advantages is not None:
+        if not isinstance(advantages, torch.Tensor):
+            raise ValueError(f"advantages must be a torch.Tensor, got {type(advantages).__name__}")
+        n = logp.shape[0]
+        if advantages.shape != (n,):
+            raise ValueError(
+                f"advantages must have shape [N] = ({n},), got {tuple(advantages.shape)}"
+            )
+        if not advantages.dtype.is_floating_point:
+            raise ValueError(f"advantages must be floating point, got {advantages.dtype}")
+        if advantages.device != logp.device:
+            raise ValueError(f"advantages is on {advantages.device} but logp is on {logp.device}")
+    if denominator is not None and not float(denominator) > 0:
+        raise ValueError(f"denominator must be > 0 or None, got {denominator}")
+
+
 def validate_inputs(
     rewards: torch.Tensor,
     group_ids: torch.Tensor,
@@ -75,6 +94,8 @@ def validate_inputs(
     ref_logp: torch.Tensor | None,
     cfg: LossConfig,
     token_weight: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None,
+    denominator: float | None = None,
 ) -> None:
     """Metadata checks only (no host sync); errors name the offending argument."""
     if not isinstance(cfg, LossConfig):
@@ -88,5 +109,6 @@ def validate_inputs(
     _check_tensors(named, logp)
     _check_token_inputs(named, logp)
     _check_row_inputs(rewards, group_ids, logp.shape[0])
+    _check_given(advantages, denominator, logp)
     if cfg.kl_coef > 0.0 and ref_logp is None:
         raise ValueError("ref_logp is required when LossConfig.kl_coef > 0")

@@ -26,11 +26,13 @@ because it needs the op and the reference alike (``srpo.algo`` never imports ``s
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import torch
 
 from srpo.algo import (
+    ADVANTAGES,
     STAT_NAMES,
     LossConfig,
     LossOutput,
@@ -41,9 +43,11 @@ from srpo.ops import _loader
 from srpo.ops.linear_logprob import linear_logprobs, linear_logprobs_reference
 
 __all__ = [
+    "AdvantagePass",
     "LossConfig",
     "LossOutput",
     "active_backend",
+    "advantage_pass",
     "backend_info",
     "compiled_unsupported",
     "grpo_loss",
@@ -108,10 +112,11 @@ def op_options(cfg: LossConfig) -> dict[str, Any]:
     }
 
 
-def _raise_if_nonfinite(stats_vec: torch.Tensor) -> None:
+def _raise_if_nonfinite(stats_vec: torch.Tensor, adv_given: bool = False) -> None:
     """One host read of the non-finite counters (skipped under torch.compile tracing)."""
     bad = stats_vec[len(STAT_NAMES) : len(STAT_NAMES) + len(_BAD_NAMES)].tolist()
-    problems = [f"{name} ({int(c)})" for name, c in zip(_BAD_NAMES, bad, strict=True) if c]
+    names = ("advantages", *_BAD_NAMES[1:]) if adv_given else _BAD_NAMES
+    problems = [f"{name} ({int(c)})" for name, c in zip(names, bad, strict=True) if c]
     if problems:
         raise ValueError(
             "grpo_loss: non-finite values (NaN/inf) in "
@@ -130,8 +135,14 @@ def grpo_loss(
     cfg: LossConfig = LossConfig(),  # noqa: B008 (frozen dataclass: immutable default)
     backend: str = "auto",
     token_weight: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None,
+    denominator: float | None = None,
 ) -> LossOutput:
     """GRPO-family loss; same math and stats as ``srpo.algo.grpo_loss_reference``.
+
+    ``advantages`` [N] and ``denominator``: a micro-batch's loss pass with the mini-batch's
+    advantages (``advantage_pass``) and aggregation count, so micro-batches may hold rows of
+    any groups and their losses add up to the mini-batch's (see the reference).
 
     ``token_weight`` [N, T] (optional, detached): rollout-correction weights multiplying the
     per-token surrogate term (not the KL term); see ``srpo.algo.rollout_correction``.
@@ -143,10 +154,14 @@ def grpo_loss(
     """
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    validate_inputs(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, token_weight)
+    validate_inputs(
+        rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, token_weight,
+        advantages, denominator,
+    )  # fmt: skip
+    given = {"advantages": advantages, "denominator": denominator}
     if backend == "reference":
         return grpo_loss_reference(
-            rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, token_weight
+            rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, token_weight, **given
         )
     ns = _loader.ensure_loaded()
     if ns is None or not _compiled_supports(logp.device):
@@ -163,7 +178,7 @@ def grpo_loss(
                 f"srpo.ops: {why}; using the torch reference for {logp.device.type} tensors",
             )
         return grpo_loss_reference(
-            rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, token_weight
+            rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, token_weight, **given
         )
 
     need_grad = bool(logp.requires_grad and torch.is_grad_enabled())
@@ -176,17 +191,84 @@ def grpo_loss(
         mask,
         None if ref_logp is None else ref_logp.detach(),
         None if token_weight is None else token_weight.detach(),
+        None if advantages is None else advantages.detach(),
         **op_options(cfg),
         need_grad=need_grad,
+        denominator=None if denominator is None else float(denominator),
     )
     if cfg.check_finite and not torch.compiler.is_compiling():
-        _raise_if_nonfinite(stats_vec)
+        _raise_if_nonfinite(stats_vec, advantages is not None)
     stats = {name: stats_vec[k] for k, name in enumerate(STAT_NAMES)}
     return LossOutput(loss, stats)
 
 
+class AdvantagePass(NamedTuple):
+    """The advantages of a whole mini-batch, computed once before its micro-batches."""
+
+    advantages: torch.Tensor  # [N] float64, on the rewards' device
+    zero_adv_group_frac: torch.Tensor  # 0-dim: share of the mini-batch's groups that are flat
+    adv_abs_mean: torch.Tensor  # 0-dim: mean |A_i| over its rows
+
+
+def advantage_pass(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    cfg: LossConfig = LossConfig(),  # noqa: B008 (frozen dataclass: immutable default)
+    backend: str = "auto",
+) -> AdvantagePass:
+    """Advantages of whole groups, once per mini-batch, so that micro-batches may hold rows of
+    any groups (``grpo_loss(..., advantages=, denominator=)``).
+
+    The compiled op runs it as itself on [N, 0] token tensors (its group statistics and its
+    ``adv`` output, O(N), no token pass): the same float64 arithmetic as the fused loss, so a
+    batch cut into micro-batches sees bit for bit the advantages the one-call loss computes.
+    Estimators the op does not implement (``cfg.fused`` false) and the ``reference`` backend
+    use the registered torch estimator."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    n = rewards.shape[0]
+    empty = torch.zeros((n, 0), dtype=torch.float32, device=rewards.device)
+    # the row checks (no tokens here, so no KL term to ask a ref_logp for)
+    validate_inputs(rewards, group_ids, empty, empty, empty.bool(), None, replace(cfg, kl_coef=0))
+    ns = _loader.ensure_loaded()
+    if (
+        backend != "reference"
+        and cfg.fused
+        and ns is not None
+        and _compiled_supports(rewards.device)
+    ):
+        op = getattr(torch.ops, ns).grpo_fwd
+        _loss, stats_vec, _grad, adv = op(
+            rewards.detach(),
+            group_ids,
+            empty,
+            empty,
+            empty.bool(),
+            None,
+            None,
+            None,
+            **op_options(cfg),
+            need_grad=False,
+        )
+        if cfg.check_finite and not torch.compiler.is_compiling():
+            _raise_if_nonfinite(stats_vec)
+        flat = stats_vec[STAT_NAMES.index("zero_adv_group_frac")].to(torch.float64)
+        mean_abs = adv.abs().mean() if n else adv.new_zeros(())
+        return AdvantagePass(adv, flat, mean_abs)
+    if backend == "compiled" and not cfg.fused:
+        raise ValueError(compiled_unsupported(cfg))
+    if cfg.check_finite and n and not bool(torch.isfinite(rewards).all()):
+        raise ValueError(f"advantage_pass: non-finite values (NaN/inf) in rewards ({n} rows)")
+    out = ADVANTAGES.get(cfg.advantage)(rewards, group_ids, cfg)
+    adv = out.advantages.to(torch.float64)
+    flat = out.flat.to(torch.float64).mean() if out.flat.numel() else adv.new_zeros(())
+    return AdvantagePass(adv, flat, adv.abs().mean() if n else adv.new_zeros(()))
+
+
 #: What the policy calls: ``(rewards, group_ids, logp, old_logp, mask, ref_logp, cfg=...,
-#: token_weight=...)`` (``token_weight``: the rollout-correction weights, or None).
+#: token_weight=..., advantages=..., denominator=...)`` (``token_weight``: the
+#: rollout-correction weights, or None; ``advantages`` and ``denominator``: the mini-batch's,
+#: from ``advantage_pass`` and ``srpo.policy.microbatch``).
 LossFn = Callable[..., LossOutput]
 
 
@@ -206,12 +288,15 @@ def make_loss_fn(backend: str = "auto") -> LossFn:
         ref_logp: torch.Tensor | None = None,
         cfg: LossConfig = LossConfig(),  # noqa: B008 (frozen dataclass: immutable default)
         token_weight: torch.Tensor | None = None,
+        advantages: torch.Tensor | None = None,
+        denominator: float | None = None,
     ) -> LossOutput:
+        given = {"advantages": advantages, "denominator": denominator}
         if backend == "reference" or not cfg.fused:
             if backend == "compiled":
                 raise ValueError(compiled_unsupported(cfg))
             return grpo_loss_reference(
-                rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, token_weight
+                rewards, group_ids, logp, old_logp, mask, ref_logp, cfg, token_weight, **given
             )
         return grpo_loss(
             rewards,
@@ -223,6 +308,7 @@ def make_loss_fn(backend: str = "auto") -> LossFn:
             cfg,
             backend=backend,
             token_weight=token_weight,
+            **given,
         )
 
     return loss

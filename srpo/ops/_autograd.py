@@ -15,8 +15,9 @@ import torch
 NUM_STATS = 14  # csrc/grpo.h kNumOut - 1 (the stats vector the op returns)
 
 _registered: set[str] = set()
-# rewards, group_ids, logp, old_logp, mask, ref_logp, token_weight; the rest is kw-only
-_NUM_POSITIONAL = 7
+# rewards, group_ids, logp, old_logp, mask, ref_logp, token_weight, advantages; the rest is
+# kw-only (register_autograd takes no keyword-only tensors)
+_NUM_POSITIONAL = 8
 
 
 def _fake(
@@ -27,6 +28,7 @@ def _fake(
     mask: torch.Tensor,
     ref_logp: torch.Tensor | None = None,
     token_weight: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None,
     *,
     need_grad: bool = True,  # the schema's default (the dispatcher drops defaulted arguments)
     **_options: Any,
