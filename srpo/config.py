@@ -77,7 +77,28 @@ class PolicySection(_Strict):
         "float32", description="dtype of the policy's weights"
     )
     micro_batch_size: int = Field(
-        64, ge=1, description="rollouts per forward/backward pass (groups are never split)"
+        64,
+        ge=1,
+        description="rollouts per forward/backward pass, when max_tokens_per_micro_batch is "
+        "not set",
+    )
+    max_tokens_per_micro_batch: int | None = Field(
+        None,
+        ge=1,
+        description="token budget of one forward/backward pass (prompt + response tokens, "
+        "padding included): rows sorted by length and packed into balanced micro-batches "
+        "under it (a longer row runs alone); none: micro_batch_size rollouts per pass",
+    )
+    max_tokens_per_logprob_batch: int | None = Field(
+        None,
+        ge=1,
+        description="the same budget for the no-grad old and reference log-prob passes "
+        "(they keep no activations, so it can be larger); none: max_tokens_per_micro_batch",
+    )
+    padding_free: bool = Field(
+        False,
+        description="run each micro-batch as one packed row (sequences concatenated, "
+        "per-sequence position_ids, attention kept inside each sequence): no padding tokens",
     )
     mini_batches: int = Field(1, ge=1, description="optimizer steps per training batch")
     ppo_epochs: int = Field(1, ge=1, description="passes over each training batch")

@@ -26,8 +26,13 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def quick(workdir) -> dict:
-    """4 steps per epoch, 2 epochs, a checkpoint every 2 steps (same as test_faults)."""
-    return harness.small_config(workdir / "unused", steps_per_epoch=4, **{"checkpoint.every": 2})
+    """4 steps per epoch, 2 epochs, a checkpoint every 2 steps (as test_faults), and passes
+    cut by a token budget (issue 24: exact resume holds with them too)."""
+    return harness.small_config(
+        workdir / "unused",
+        steps_per_epoch=4,
+        **{"checkpoint.every": 2, "policy.max_tokens_per_micro_batch": 160},
+    )
 
 
 @pytest.fixture(scope="module")

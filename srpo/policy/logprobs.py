@@ -20,15 +20,21 @@ from srpo.types import RolloutBatch, left_pad
 
 
 def model_inputs(
-    batch: RolloutBatch, rows: torch.Tensor, pad_token_id: int, device: torch.device
+    batch: RolloutBatch,
+    rows: torch.Tensor,
+    pad_token_id: int,
+    device: torch.device,
+    width: int | None = None,
 ) -> dict[str, Any]:
-    """Left-padded prompts followed by right-padded responses: every response starts at
-    the same column, so response log-probs are one slice of the logits."""
+    """Left-padded prompts followed by right-padded responses (their first ``width``
+    columns; default all): every response starts at the same column, so response log-probs
+    are one slice of the logits."""
     prompt_ids, prompt_mask = left_pad(
         [batch.prompt_token_ids[int(g)] for g in batch.group[rows]], pad_token_id
     )
-    ids = torch.cat([prompt_ids, batch.response_ids[rows]], dim=1)
-    mask = torch.cat([prompt_mask, batch.response_mask[rows].long()], dim=1)
+    width = batch.response_ids.shape[1] if width is None else width
+    ids = torch.cat([prompt_ids, batch.response_ids[rows, :width]], dim=1)
+    mask = torch.cat([prompt_mask, batch.response_mask[rows, :width].long()], dim=1)
     position_ids = (mask.cumsum(1) - 1).clamp(min=0)
     return {
         "input_ids": ids.to(device),
@@ -115,27 +121,48 @@ def response_logprobs(
     device: torch.device,
     fused: bool,
     with_entropy: bool = False,
+    width: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[n, T] log-probs of the response tokens of ``rows`` under ``model`` at the batch's
     sampling temperature (float32), and optionally the per-token entropy (detached; 0 on
-    pad); through the fused LM head when ``fused``."""
-    inp = model_inputs(batch, rows, pad_token_id, device)
+    pad); through the fused LM head when ``fused``. Responses are padded to the rows' own
+    longest (``width``: to that many columns instead, e.g. the batch's, as before token
+    budgets — for benchmarks)."""
+    # the rows' own response width, not the batch's: a micro-batch of short answers does not
+    # pay for the batch's longest one
+    full_t = batch.response_ids.shape[1]
+    T = response_width(batch.response_mask[rows]) if width is None else width
+    inp = model_inputs(batch, rows, pad_token_id, device, T)
     lp = inp.pop("prompt_len")
-    T = batch.response_ids.shape[1]
-    targets = batch.response_ids[rows].to(device)
+    targets = batch.response_ids[rows, :T].to(device)
     if not fused:
         logits = model(**inp, use_cache=False).logits[:, lp - 1 : lp - 1 + T].float()
-        return eager_logprobs(logits, targets, batch.temperature, with_entropy)
+        logp, entropy = eager_logprobs(logits, targets, batch.temperature, with_entropy)
+        return _widen(logp, full_t), None if entropy is None else _widen(entropy, full_t)
     # only real response tokens go through the LM head: padding costs nothing
-    real = batch.response_mask[rows].to(device)
+    real = batch.response_mask[rows, :T].to(device)
     args = (inp, lp, T, targets, real, batch.temperature, with_entropy)
     if is_sharded(model):  # inside FSDP's forward: the LM head is gathered there
         logp_real, ent_real = getattr(model, FUSED_METHOD)(*args)
     else:
         logp_real, ent_real = fused_forward(model, *args)
-    logp = torch.zeros(real.shape, dtype=logp_real.dtype, device=device)
-    logp = logp.masked_scatter(real, logp_real)
+    full = batch.response_mask[rows].to(device)
+    logp = torch.zeros(full.shape, dtype=logp_real.dtype, device=device)
+    logp = logp.masked_scatter(full, logp_real)
     entropy = None
     if with_entropy:
-        entropy = torch.zeros_like(logp).masked_scatter(real, ent_real.to(logp.dtype))
+        entropy = torch.zeros_like(logp).masked_scatter(full, ent_real.to(logp.dtype))
     return logp, entropy
+
+
+def response_width(mask: torch.Tensor) -> int:
+    """Columns up to the last real response token of any row of ``mask`` [n, T]."""
+    cols = mask.any(0).nonzero()
+    return int(cols.max()) + 1 if cols.numel() else 0
+
+
+def _widen(x: torch.Tensor, width: int) -> torch.Tensor:
+    """[n, t] → [n, width], zeros on the right (the batch's response width)."""
+    if x.shape[1] == width:
+        return x
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))

@@ -34,6 +34,7 @@ from srpo.policy.checkpoint_io import PolicyCheckpointIO
 from srpo.policy.loading import DTYPES, load_model_dir
 from srpo.policy.logprobs import FusableHeads, fused_forward, response_logprobs
 from srpo.policy.optimizer import make_optimizer
+from srpo.policy.packing import packed_response_logprobs, register_packed_forward
 from srpo.policy.prompts import encode_prompt
 from srpo.policy.update import PolicyUpdate
 from srpo.types import RolloutBatch
@@ -82,6 +83,8 @@ class Policy(PolicyUpdate, PolicyCheckpointIO):
                 self._replica = copy.deepcopy(self.model).eval().requires_grad_(False)
             mixed = DTYPES[cfg.dtype] if self.device.type == "cuda" else None
             shard_model(self.model, fused_forward, param_dtype=mixed)
+            if cfg.padding_free:
+                register_packed_forward(self.model)
         self.optimizer, self.scheduler = make_optimizer(self.model, cfg, total_steps)
         self.loss_fn = loss_fn if loss_fn is not None else make_loss_fn()
         self._fusable_heads = FusableHeads()
@@ -118,18 +121,30 @@ class Policy(PolicyUpdate, PolicyCheckpointIO):
         return encode_prompt(self.tokenizer, prompt, self.use_chat_template, self.cfg.system_prompt)
 
     def response_logprobs(
-        self, model: Any, batch: RolloutBatch, rows: torch.Tensor, with_entropy: bool = False
+        self,
+        model: Any,
+        batch: RolloutBatch,
+        rows: torch.Tensor,
+        with_entropy: bool = False,
+        width: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[n, T] log-probs of the response tokens under ``model`` at the batch's sampling
-        temperature (float32), and optionally the per-token entropy (detached; 0 on pad)."""
+        temperature (float32), and optionally the per-token entropy (detached; 0 on pad).
+        ``width``: pad the responses to that many columns (``logprobs.response_logprobs``).
+        With ``policy.padding_free`` the rows run as one packed row (``packing``): the same
+        numbers, no padding."""
+        fused = self.cfg.fused_logprobs and self._fusable_heads(model)
+        if self.cfg.padding_free and width is None:
+            return packed_response_logprobs(model, batch, rows, self.device, fused, with_entropy)
         return response_logprobs(
             model,
             batch,
             rows,
             int(self.tokenizer.pad_token_id),
             self.device,
-            self.cfg.fused_logprobs and self._fusable_heads(model),
+            fused,
             with_entropy,
+            width,
         )
 
     # -- the weights samplers see ----------------------------------------------------------

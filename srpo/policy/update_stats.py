@@ -20,7 +20,7 @@ class UpdateStats:
     reach the host once, at the end (a float() per micro-batch would stall a GPU's queue).
     Counts are summed; everything else is weighted by the micro-batch's tokens."""
 
-    SUMMED = ("tokens", "sequences", "skipped_tokens")
+    SUMMED = ("tokens", "sequences", "skipped_tokens", "loss_sum", "token_slots", "real_tokens")
 
     def __init__(self) -> None:
         self.sums: dict[str, Any] = {}
@@ -56,17 +56,15 @@ class UpdateStats:
 
 
 def flat_micro_stats(m_host: torch.Tensor) -> dict[str, Any]:
-    """The loss stats a micro-batch of zero-advantage groups would report, known without
-    running it (loss and clip shares 0); approx_kl, entropy, the behaviour gap and the
-    mismatch_* stats need the forward pass and are averaged over the micro-batches that ran."""
+    """The loss stats a micro-batch of zero-advantage rows would report, known without
+    running it (its loss adds 0, clip shares 0); approx_kl, entropy, the behaviour gap and the
+    mismatch_* stats need the forward pass and are averaged over the micro-batches that ran.
+    The advantage stats are the mini-batch's (``srpo.ops.advantage_pass``), not a pass's."""
     return {
-        "loss": 0.0,
         "clip_frac_low": 0.0,
         "clip_frac_high": 0.0,
         "dual_clip_frac": 0.0,
         "kl": 0.0,
-        "adv_abs_mean": 0.0,
-        "zero_adv_group_frac": 1.0,
         "tokens": float(m_host.sum()),
         "sequences": float(m_host.any(1).sum()),
     }

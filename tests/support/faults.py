@@ -32,7 +32,7 @@ TESTS = ROOT / "tests"
 MODEL = Path(os.environ.get("SRPO_TEST_MODEL", TINY / "model"))
 
 #: metrics that measure the machine, not the training: they differ between any two runs
-TIMING_PREFIXES = ("time/",)
+TIMING_PREFIXES = ("time/", "memory/")  # machine-dependent: timings, peak memory
 TIMING_KEYS = ("tokens_per_s",)
 
 
