@@ -220,6 +220,74 @@ class EvalSection(_Strict):
     max_prompts: int | None = Field(
         None, ge=1, description="evaluate at most this many prompts per domain"
     )
+    n_samples: int = Field(
+        0,
+        ge=0,
+        description="sampled responses per held-out prompt besides the greedy decode, for "
+        "avg@n (± standard error), pass@k, maj@k, length and truncation as `srpo eval` "
+        "reports them; 0: greedy accuracy only",
+    )
+    temperature: float | None = Field(
+        None,
+        gt=0,
+        description="sampling temperature of those samples (none: the sampler's own, as it "
+        "is at that point of training); the other sampler options are the training ones",
+    )
+    pass_k: list[int] | None = Field(
+        None,
+        description="ks of pass@k and maj@k, each at most n_samples (none: 1, 2, 4, ... "
+        "up to n_samples)",
+    )
+
+    @field_validator("pass_k")
+    @classmethod
+    def _ks_within_n(cls, v: list[int] | None, info: Any) -> list[int] | None:
+        if v is None or "n_samples" not in info.data:
+            return v
+        n = info.data["n_samples"]
+        for k in v:
+            if k < 1:
+                raise ValueError(f"k must be at least 1, got {k}")
+            if k > n:
+                raise ValueError(f"pass@{k} needs eval.n_samples >= {k} (n_samples is {n})")
+        return sorted(set(v))
+
+
+class BehaviourSection(_Strict):
+    """Reasoning-behaviour metrics of every step's rollouts (``srpo/kernel/behaviour.py``)."""
+
+    enabled: bool = Field(
+        True,
+        description="report response length (mean, p50, p90, max), truncation share and "
+        "reflection-pattern rates every step, by domain and by correct/incorrect",
+    )
+    patterns: dict[str, str] | None = Field(
+        None,
+        description="reflection patterns, name: regex (Python syntax, case-insensitive); "
+        "none: the SRPO paper's reflection words (recheck, rethink, reassess, re-evaluate, "
+        "re-examine, double-check, let me check, verify, wait, alternatively, however, "
+        "mistake)",
+    )
+    extra_patterns: dict[str, str] = Field(
+        default_factory=dict,
+        description="more patterns, name: regex, counted besides `patterns`",
+    )
+
+    @field_validator("patterns", "extra_patterns")
+    @classmethod
+    def _valid_patterns(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        from srpo.kernel.behaviour import check_patterns
+
+        if v is not None:
+            check_patterns(v)
+        return v
+
+    def all_patterns(self) -> dict[str, str]:
+        """The patterns counted: ``patterns`` (or the defaults), then ``extra_patterns``."""
+        from srpo.kernel.behaviour import DEFAULT_PATTERNS
+
+        base = DEFAULT_PATTERNS if self.patterns is None else self.patterns
+        return {**base, **self.extra_patterns}
 
 
 class HistorySection(_Strict):
@@ -246,7 +314,12 @@ class RunConfig(_Strict):
     )
     datasets: dict[str, DatasetSpec] = Field(description="training prompts, one dataset per domain")
     eval: EvalSection = Field(
-        default_factory=EvalSection, description="held-out evaluation, greedy"
+        default_factory=EvalSection,
+        description="held-out evaluation: greedy, and with n_samples avg@n, pass@k, maj@k",
+    )
+    behaviour: BehaviourSection = Field(
+        default_factory=BehaviourSection,
+        description="reasoning-behaviour metrics every step: lengths, truncation, reflection",
     )
     sampler: PluginSpec = Field(description="the rollout generator (srpo.samplers plugin)")
     verifiers: dict[str, PluginSpec] = Field(

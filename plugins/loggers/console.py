@@ -4,6 +4,7 @@ summary table at the end."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 
 from pydantic import Field
 from rich.console import Console
@@ -25,6 +26,26 @@ from srpo.api import events as ev
 class ConsoleOptions(PluginOptions):
     every: int = Field(1, ge=1, description="refresh the status line every N steps")
     print_steps: bool = Field(False, description="also print one line per step")
+
+
+def _sampled(metrics: Mapping[str, float]) -> str:
+    """`` · avg@8 41.2% ± 3.1 · pass@8 70.0% · maj@8 45.0%`` when the evaluation sampled
+    (eval.n_samples), else nothing: the overall keys only, the largest k of each."""
+    best: dict[str, int] = {}
+    for key in metrics:
+        kind, _, k = key.partition("@")
+        if kind in ("avg", "pass", "maj") and k.isdigit():
+            best[kind] = max(best.get(kind, 0), int(k))
+    parts = []
+    for kind in ("avg", "pass", "maj"):
+        if kind in best:
+            key = f"{kind}@{best[kind]}"
+            se = metrics.get(f"{key}_stderr")
+            err = (
+                f" ± {100 * se:.1f}" if kind == "avg" and isinstance(se, float) and se == se else ""
+            )
+            parts.append(f"{key} {metrics[key]:.1%}{err}")
+    return "".join(f" · {p}" for p in parts)
 
 
 class ConsoleLogger(Logger):
@@ -77,7 +98,7 @@ class ConsoleLogger(Logger):
             )
             line = escape(
                 f"eval ({event.label}, step {event.step}): held-out accuracy "
-                f"{event.metrics.get('accuracy', 0):.1%}  [{accs}]"
+                f"{event.metrics.get('accuracy', 0):.1%}  [{accs}]{_sampled(event.metrics)}"
             )
             (self.progress.console if self.progress else self.console).print(line)
         elif isinstance(event, ev.EpochEnd) and event.metrics:
@@ -98,7 +119,7 @@ class ConsoleLogger(Logger):
         table.add_column("after", justify="right")
         before, after = self.evals.get("before", {}), self.evals.get("after", {})
         for key in sorted(set(before) | set(after)):
-            if key.startswith("accuracy"):
+            if key.startswith(("accuracy", "avg@", "pass@", "maj@")) and "_stderr" not in key:
                 b, a = before.get(key), after.get(key)
                 table.add_row(
                     key, "-" if b is None else f"{b:.1%}", "-" if a is None else f"{a:.1%}"

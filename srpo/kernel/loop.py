@@ -27,12 +27,14 @@ from srpo import events as ev
 from srpo.api import HistoryReader, Prompt, RolloutBatch, Scores, warn
 from srpo.distributed import Dist
 from srpo.errors import PluginError
+from srpo.eval.training import SampledEval, held_out_metrics
+from srpo.kernel.behaviour import BehaviourMetrics
 from srpo.kernel.checkpoint import CheckpointManager
 from srpo.kernel.checkpointing import Checkpointing, Counters
 from srpo.kernel.metrics import rollout_metrics
 from srpo.kernel.roles import EventDispatch, Roles, sync_sampler, takes_seeds
 from srpo.kernel.signals import fault_point
-from srpo.kernel.verify import evaluate_sets, verify_batch
+from srpo.kernel.verify import verify_batch
 from srpo.seeding import prompt_seeds
 
 
@@ -117,6 +119,8 @@ class Kernel(Checkpointing):
         self.last_eval: dict[str, float] = {}
         self.first_eval: dict[str, float] = {}
         self.checkpoints = checkpoints
+        self.behaviour = BehaviourMetrics(config.get("behaviour"))
+        self.sampled_eval = SampledEval.from_config(config)
         # Whether the in-memory state is a consistent point to checkpoint: "complete"
         # (between steps), "clean" (inside a step, weights untouched: the snapshot taken at
         # the step's start is still valid) or "dirty" (mid-update: nothing consistent).
@@ -421,6 +425,7 @@ class Kernel(Checkpointing):
         c, cur = self.counters, self.roles.curriculum
         c.rollouts += got.generated
         metrics = rollout_metrics(got.batch, got.scores, self.s.domains)
+        metrics.update(self.behaviour(got.batch, got.scores))
         metrics.update(update_metrics)
         metrics.update(
             {
@@ -454,9 +459,13 @@ class Kernel(Checkpointing):
             self.save_checkpoint()
 
     def evaluate(self, label: str) -> dict[str, float]:
-        """Greedy accuracy on the held-out sets, per domain and overall."""
+        """Greedy accuracy on the held-out sets, per domain and overall (and, with
+        ``eval.n_samples``, avg@n, pass@k, maj@k: ``srpo.eval.training``)."""
         if not self.eval_sets:
             return {}
-        metrics = evaluate_sets(self.roles.sampler, self.roles.verifiers, self.eval_sets, self.dist)
+        r = self.roles
+        metrics = held_out_metrics(
+            r.sampler, r.verifiers, self.eval_sets, self.dist, self.sampled_eval, r.curriculum
+        )
         self.emit(ev.Evaluation(self.counters.step, label, metrics))
         return metrics

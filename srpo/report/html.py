@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,14 +42,26 @@ def _summary(r: Run) -> dict[str, Any]:
         "final reward": last.get("reward/mean"),
         "eval before": (evals.get("before") or {}).get("accuracy"),
         "eval after": (evals.get("after") or {}).get("accuracy"),
+        **_sampled(evals.get("after") or {}),
         "rollouts": (r.end or {}).get("rollouts", last.get("rollouts_total")),
     }
+
+
+def _sampled(after: dict[str, Any]) -> dict[str, Any]:
+    """The final evaluation's avg@n and largest pass@k, when it sampled (eval.n_samples)."""
+    out: dict[str, Any] = {}
+    for kind in ("avg", "pass"):
+        ks = [int(k.split("@")[1]) for k in after if re.fullmatch(rf"{kind}@\d+", k)]
+        if ks:
+            key = f"{kind}@{max(ks)}"
+            out[f"{key} after"] = after[key]
+    return out
 
 
 def write_html(runs: Sequence[Run], plots: Sequence[Plot], out: Path) -> Path:
     e = html.escape
     rows = [_summary(r) for r in runs]
-    cols = list(rows[0]) if rows else []
+    cols = list(dict.fromkeys(c for row in rows for c in row))  # sampled columns: some runs
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>srpo report: {e(', '.join(r.name for r in runs))}</title>",
@@ -60,7 +73,7 @@ def write_html(runs: Sequence[Run], plots: Sequence[Plot], out: Path) -> Path:
     ]
     for r, s in zip(runs, rows, strict=True):
         parts.append(f"<tr><td title='{e(str(r.path))}'>{e(r.name)}</td>")
-        parts += [f"<td>{e(_fmt(s[c]))}</td>" for c in cols]
+        parts += [f"<td>{e(_fmt(s.get(c)))}</td>" for c in cols]
         parts.append("</tr>")
     parts.append("</table>")
     for r in runs:

@@ -343,9 +343,13 @@ FIGURES: list[tuple[str, str, str, Callable[[Sequence[Run], Path, str], str | No
 
 
 def write_plots(runs: Sequence[Run], out: Path) -> list[Plot]:
-    """Draw every figure some run has data for; returns them in page order."""
+    """Draw every figure some run has data for; returns them in page order: these, then
+    the reasoning-behaviour and sampled-evaluation figures of ``curves`` (imported here:
+    it draws with this module's helpers)."""
+    from srpo.report.curves import FIGURES as CURVES
+
     done = []
-    for file, title, caption, draw in FIGURES:
+    for file, title, caption, draw in [*FIGURES, *CURVES]:
         if draw(runs, out, file):
             done.append(Plot(file, title, caption))
     return done
