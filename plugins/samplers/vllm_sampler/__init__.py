@@ -1,4 +1,5 @@
-"""The ``vllm`` sampler: rollouts from a colocated, in-process vLLM engine.
+"""The ``vllm`` sampler: rollouts from a vLLM engine, colocated in the trainer's process
+(``mode: colocate``) or in a server process of its own (``mode: server``, see ``remote``).
 
 Token in, token out: prompts go in as the policy's chat-template token ids, responses come
 back as token ids with the log-prob of each sampled token under the distribution it was
@@ -11,10 +12,16 @@ that the engine's log-probs of a fixed sequence equal the policy's: a sync that 
 engine on stale weights stops the run with the gap in one line instead of training on
 the wrong behaviour policy. Residual mismatch between engine and trainer (kernels, dtype)
 is what ``algorithm.rollout_correction`` corrects; the ``mismatch_*`` metrics show its size.
+
+In server mode the same requests, pushes and probes go over a connection to the server
+(``protocol``): the sampler builds the same sampling parameters and the batch from the same
+plain completions, so for the same seeds, weights and thread count both modes sample the
+same tokens with the same log-probs.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,9 +30,19 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, Field
 from srpo_plugins.samplers._sampling import SamplingOptions, prompt_seeds
-from srpo_plugins.samplers.vllm_sampler.engine import start_engine, vllm_missing
+from srpo_plugins.samplers.vllm_sampler.engine import (
+    Completion,
+    completions,
+    engine_args,
+    start_engine,
+    vllm_missing,
+)
+from srpo_plugins.samplers.vllm_sampler.protocol import parse_address
+from srpo_plugins.samplers.vllm_sampler.remote import RemoteEngine
 from srpo_plugins.samplers.vllm_sampler.weights import (
     PROBE_TOLERANCE,
+    engine_logprobs,
+    full_weights,
     probe_gap,
     probe_tokens,
     push_weights,
@@ -46,6 +63,37 @@ from srpo.api import (
 
 
 class VLLMSamplerOptions(SamplingOptions):
+    mode: Literal["colocate", "server"] = Field(
+        "colocate",
+        description="where the engine runs: colocate (in the trainer's process) or server "
+        "(a process of its own, started and stopped by the sampler, or attached at url); "
+        "see docs/vllm.md#server-mode",
+    )
+    url: str | None = Field(
+        None,
+        description="server mode: attach to an engine server already running at host:port "
+        "or unix:/path (python -m srpo_plugins.samplers.vllm_sampler.server; the key in "
+        "SRPO_VLLM_KEY on both sides) instead of starting one; it is left running at the end",
+    )
+    cpus: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="server mode, on CPU: the cores the engine server runs on (one engine "
+        "thread per core); the trainer's threads move to the cores left. None: no pinning, "
+        "the engine runs as many threads as the trainer",
+    )
+    weight_transport: Literal["auto", "shm", "socket"] = Field(
+        "auto",
+        description="server mode: how weights reach the engine after each update: shm (one "
+        "file of the flattened weights in /dev/shm, mapped by the server), socket (streamed "
+        "over the connection: a server on another machine); auto: shm for a local server",
+    )
+    startup_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="server mode: the engine server must be up, its engine loaded, within "
+        "this many seconds, else it is stopped and the run does not start",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="the engine's dtype; auto: the policy's (policy.dtype)"
     )
@@ -96,6 +144,14 @@ class VLLMSamplerOptions(SamplingOptions):
     def model_post_init(self, _context: Any) -> None:
         if isinstance(self.verify_sync, int) and self.verify_sync < 1:
             raise ValueError("verify_sync: an interval must be >= 1 (or 'every', 'never')")
+        if self.mode == "colocate" and (self.url is not None or self.cpus is not None):
+            raise ValueError("url and cpus apply to mode: server only")
+        if self.cpus is not None and self.url is not None:
+            raise ValueError("cpus pins a server the sampler starts: pin one at url yourself")
+        if self.cpus is not None and len(set(self.cpus)) != len(self.cpus):
+            raise ValueError("cpus: a core is listed twice")
+        if self.url is not None:
+            parse_address(self.url)  # a ValueError naming the forms it takes
 
 
 class VLLMSampler(Sampler):
@@ -119,16 +175,27 @@ class VLLMSampler(Sampler):
         self.syncs = 0
         self.wedged = False  # a sync thread that never returned still holds the engine
         self.asleep = False  # enable_sleep_mode: between generating and the next sync
-        self.llm = start_engine(options, policy, context.seed)
-        self.engine_dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
+        self.llm: Any = None  # the in-process engine (colocate)
+        self.remote: RemoteEngine | None = None  # the engine server (server)
+        if options.mode == "server":
+            self.remote = _start_server(options, policy, context.seed)
+            self.engine_dtype = str(self.remote.info["dtype"])
+        else:
+            self.llm = start_engine(options, policy, context.seed)
+            dtype = self.llm.llm_engine.model_config.dtype
+            self.engine_dtype = str(dtype).removeprefix("torch.")
         self.probe = probe_tokens(policy)
-        self._check_probe(policy, "at start")
+        try:
+            self._check_probe(policy, "at start")
+        except BaseException:
+            if self.remote is not None:  # a server is a process (or a connection): stop it
+                self.remote.close()
+            raise
 
     # -- generation ------------------------------------------------------------------------
 
-    def _params(self, n: int, greedy: bool, seed: int) -> Any:
-        from vllm import SamplingParams
-
+    def _params(self, n: int, greedy: bool, seed: int) -> dict[str, Any]:
+        """``SamplingParams`` keywords (plain data: they also go to a server)."""
         o = self.options
         common = {
             "n": n,
@@ -138,14 +205,14 @@ class VLLMSampler(Sampler):
             "seed": seed,
         }
         if greedy:
-            return SamplingParams(temperature=0.0, **common)
-        return SamplingParams(
-            temperature=o.temperature,
-            top_p=o.top_p,
-            top_k=o.top_k or 0,
-            logprobs=0,  # the sampled token's log-prob only
+            return {"temperature": 0.0, **common}
+        return {
+            "temperature": o.temperature,
+            "top_p": o.top_p,
+            "top_k": o.top_k or 0,
+            "logprobs": 0,  # the sampled token's log-prob only
             **common,
-        )
+        }
 
     @torch.no_grad()
     def generate(
@@ -156,8 +223,6 @@ class VLLMSampler(Sampler):
         greedy: bool = False,
         seeds: Sequence[int] | None = None,
     ) -> RolloutBatch:
-        from vllm.inputs import TokensPrompt
-
         policy = self.context.policy
         assert policy is not None
         prompt_ids = [policy.encode_prompt(p.chat) for p in prompts]
@@ -169,14 +234,21 @@ class VLLMSampler(Sampler):
                 splitmix64(x & (2**64 - 1)) % 2**31 for x in prompt_seeds(seeds, prompts)
             ]
         self.calls += 1
-        requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
         params = [self._params(n, greedy, seed) for seed in request_seeds]
+        if self.remote is not None:
+            done = self.remote.generate(prompt_ids, params, not greedy) if prompts else []
+            return self._batch(list(prompts), prompt_ids, done, n, greedy)
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
+        sampling = [SamplingParams(**p) for p in params]
         self._wake()
-        outputs = self.llm.generate(requests, params, use_tqdm=False) if prompts else []
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False) if prompts else []
         if self.options.enable_sleep_mode:  # the policy trains next: give it the GPU memory
             self.llm.sleep(level=1)  # level 1 keeps a host copy: a refill round can generate
             self.asleep = True
-        return self._batch(list(prompts), prompt_ids, outputs, n, greedy)
+        return self._batch(list(prompts), prompt_ids, completions(outputs, not greedy), n, greedy)
 
     def _wake(self) -> None:
         if self.asleep:
@@ -187,26 +259,24 @@ class VLLMSampler(Sampler):
         self,
         prompts: list[Prompt],
         prompt_ids: list[list[int]],
-        outputs: list[Any],
+        outputs: list[list[Completion]],
         n: int,
         greedy: bool,
     ) -> RolloutBatch:
-        """vLLM's request outputs → a RolloutBatch (rows grouped by prompt, samples in order)."""
-        rows = [c for out in outputs for c in out.outputs]
-        T = max((len(c.token_ids) for c in rows), default=0)
+        """Completions → a RolloutBatch (rows grouped by prompt, samples in order)."""
+        rows = [c for out in outputs for c in out]
+        T = max((len(toks) for toks, _, _ in rows), default=0)
         pad = int(self.tokenizer.pad_token_id)
         N = len(rows)
         ids = torch.full((N, T), pad, dtype=torch.long)
         mask = torch.zeros((N, T), dtype=torch.bool)
         logp = torch.zeros((N, T), dtype=torch.float32)
-        for i, c in enumerate(rows):
-            toks = list(c.token_ids)
+        for i, (toks, lps, _) in enumerate(rows):
             ids[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)
             mask[i, : len(toks)] = True
             if not greedy:
-                logp[i, : len(toks)] = torch.tensor(
-                    [step[t].logprob for step, t in zip(c.logprobs, toks, strict=True)]
-                )
+                assert lps is not None
+                logp[i, : len(toks)] = torch.tensor(lps)
         texts = self.tokenizer.batch_decode(ids.masked_fill(~mask, pad), skip_special_tokens=True)
         return RolloutBatch(
             prompts=prompts,
@@ -216,7 +286,7 @@ class VLLMSampler(Sampler):
             response_ids=ids,
             response_mask=mask,
             behaviour_logp=logp,
-            truncated=torch.tensor([c.finish_reason == "length" for c in rows], dtype=torch.bool),
+            truncated=torch.tensor([c[2] == "length" for c in rows], dtype=torch.bool),
             response_text=texts,
             temperature=0.0 if greedy else self.options.temperature,
         )
@@ -229,14 +299,18 @@ class VLLMSampler(Sampler):
         self.syncs += 1
         t = time.perf_counter()
         self._wake()
+        remote = self.remote
+        push = (
+            (lambda: remote.push(full_weights(policy)))
+            if remote is not None
+            else (lambda: push_weights(self.llm, policy))
+        )
         try:
-            run_with_deadline(
-                lambda: push_weights(self.llm, policy),
-                self.options.sync_timeout_s,
-                "weight sync",
-            )
+            run_with_deadline(push, self.options.sync_timeout_s, "weight sync")
         except PluginError:
             self.wedged = True
+            if remote is not None:
+                remote.abandon()
             raise
         metrics = {"sync/push_s": time.perf_counter() - t, "sync/count": float(self.syncs)}
         if self._probe_due():
@@ -255,11 +329,22 @@ class VLLMSampler(Sampler):
         """Probe the engine against the policy; ``PluginError`` naming the gap if it fails."""
         if self.options.verify_sync == "never":
             return {}
-        mean, worst = run_with_deadline(
-            lambda: probe_gap(self.llm, policy, self.probe),
-            self.options.sync_timeout_s,
-            "sync probe",
+        remote = self.remote
+        logprobs_of = (
+            remote.prompt_logprobs
+            if remote is not None
+            else (lambda ids: engine_logprobs(self.llm, ids))
         )
+        try:
+            mean, worst = run_with_deadline(
+                lambda: probe_gap(logprobs_of, policy, self.probe),
+                self.options.sync_timeout_s,
+                "sync probe",
+            )
+        except PluginError:
+            if remote is not None:  # a request left unanswered: the connection is out of step
+                remote.abandon()
+            raise
         tolerance = self.options.probe_tolerance or PROBE_TOLERANCE.get(self.engine_dtype, 1e-2)
         if not mean <= tolerance:  # NaN fails too
             raise PluginError(
@@ -279,6 +364,10 @@ class VLLMSampler(Sampler):
         self.syncs = int(state.get("syncs", 0))
 
     def close(self) -> None:
+        remote, self.remote = getattr(self, "remote", None), None
+        if remote is not None:  # stopped (killed if need be) even after a wedged sync
+            remote.close()
+            return
         llm, self.llm = getattr(self, "llm", None), None
         if llm is None or self.wedged:  # a stuck worker thread may hold the engine's locks
             return
@@ -286,3 +375,31 @@ class VLLMSampler(Sampler):
         shutdown = getattr(engine, "shutdown", None) or getattr(llm, "shutdown", None)
         if callable(shutdown):
             shutdown()
+
+
+def _start_server(options: VLLMSamplerOptions, policy: PolicyHandle, seed: int) -> RemoteEngine:
+    """The engine server for ``mode: server``, after the checks of what it does not do yet.
+
+    Data parallel: one engine server per rank, as in colocate mode — each rank pushes the
+    weights it gathered into its own engine and generates its own share of the step's
+    prompts with the kernel's seeds, so no rank waits on another's push. A server shared by
+    the ranks (``url``) would need the ranks to agree on who pushes and when, which the
+    sampler contract does not provide; ``cpus`` would need a split per rank: both refused.
+    """
+    if policy.device.type == "cuda":
+        raise PluginError(
+            "sampler vllm: mode: server is not supported on CUDA yet (the weights would go "
+            "through vLLM's NCCL/IPC weight transfer, not written yet): use mode: colocate"
+        )
+    if options.enable_sleep_mode:
+        raise PluginError("sampler vllm: enable_sleep_mode needs CUDA (vLLM on CPU cannot sleep)")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and (options.url is not None or options.cpus is not None):
+        raise PluginError(
+            f"sampler vllm: mode: server with {world} ranks starts one engine server per "
+            "rank: url (one shared server) and cpus (one core set) are not supported there"
+        )
+    missing = vllm_missing()
+    if missing is not None:
+        raise PluginError(f"sampler vllm: {missing}")
+    return RemoteEngine(options, engine_args(options, policy, seed), torch.get_num_threads())

