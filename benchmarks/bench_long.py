@@ -116,11 +116,13 @@ def make_batch(policy: Any, rollouts: int, group: int, mean: float, max_len: int
     return batch, Scores(reward, reward > 0, [None] * rollouts)
 
 
-def make_policy(model_dir: Path, layout: str, device: str, budget: int | None) -> Any:
+def make_policy(
+    model_dir: Path, layout: str, device: str, budget: int | None, checkpointing: bool = False
+) -> Any:
     from srpo.config import AlgorithmSection, PolicySection
     from srpo.policy import Policy
 
-    options = dict(LAYOUTS[layout])
+    options = dict(LAYOUTS[layout], gradient_checkpointing=checkpointing)
     if budget is not None and "max_tokens_per_micro_batch" in options:
         options["max_tokens_per_micro_batch"] = budget
     cfg = PolicySection(path=model_dir, **options)
@@ -150,12 +152,13 @@ def measure(
     budget: int | None = None,
     layouts: tuple[str, ...] = tuple(LAYOUTS),
     model_dir: Path | None = None,
+    checkpointing: bool = False,
 ) -> dict[str, Any]:
     """Best-of-``reps`` update time, peak memory and token slots per layout (one process)."""
     model_dir = model_dir or smollm2_dir()
     out: dict[str, Any] = {"layouts": {}}
     for layout in layouts:
-        policy = make_policy(model_dir, layout, device, budget)
+        policy = make_policy(model_dir, layout, device, budget, checkpointing)
         batch, scores = make_batch(policy, rollouts, 8, mean, max_len, seed=0)
         times, peaks, metrics = [], [], {}
         for _ in range(reps):
@@ -190,6 +193,7 @@ def measure(
         max_len=max_len,
         reps=reps,
         device=device,
+        checkpointing=checkpointing,
         threads=torch.get_num_threads(),
         loadavg=_loadavg(),
     )
@@ -226,7 +230,8 @@ def table(result: dict[str, Any]) -> str:
         f"SmolLM2-135M, {result['rollouts']} rollouts, response lengths log-normal mean "
         f"{result['mean']:.0f} max {result['max_len']} ({result['real_tokens']} real tokens "
         f"with prompts), device {result['device']}, {result['threads']} threads, load "
-        f"{result['loadavg']}, best of {result['reps']}",
+        f"{result['loadavg']}, best of {result['reps']}, activation checkpointing "
+        f"{'on' if result['checkpointing'] else 'off'}",
         "",
         "| layout | update (s) | × before | peak memory (GB) | slots ÷ tokens | loss | grad norm |",
         "|---|---|---|---|---|---|---|",
@@ -259,6 +264,12 @@ def main(argv: list[str] | None = None) -> None:
         "the model: same time and memory)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in backward, every layout (the padded ones need it on "
+        "2 cores x 24 GB at long lengths)",
+    )
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -268,7 +279,17 @@ def main(argv: list[str] | None = None) -> None:
 
         model_dir = random_model_dir(a.random_init, Path(tempfile.mkdtemp()) / "model")
     layouts = tuple(a.layouts)
-    result = measure(a.rollouts, a.mean, a.max_len, a.reps, a.device, a.budget, layouts, model_dir)
+    result = measure(
+        a.rollouts,
+        a.mean,
+        a.max_len,
+        a.reps,
+        a.device,
+        a.budget,
+        layouts,
+        model_dir,
+        a.gradient_checkpointing,
+    )
     print(table(result))
     if a.json is not None:
         import json
