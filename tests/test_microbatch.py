@@ -11,14 +11,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from srpo.config import AlgorithmSection, PolicySection
+from srpo.config import AlgorithmSection
 from srpo.policy.microbatch import (
     packed_micro_batches,
     padded_micro_batches,
     pass_cost,
     split_across_ranks,
 )
-from tests.support.tiny import TINY
+from tests.support.tiny_update import tiny_policy, tiny_rollouts
 
 lengths_st = st.dictionaries(st.integers(0, 500), st.integers(1, 300), max_size=60)
 
@@ -69,36 +69,12 @@ def test_ranks_get_about_equal_tokens():
 # --------------------------------------------------------------------------- the update
 
 
-def _policy(**policy_options):
-    from srpo.policy import Policy
-
-    cfg = PolicySection(path=TINY / "model", **policy_options)
-    torch.manual_seed(0)
-    return Policy(TINY / "model", cfg, AlgorithmSection(group_size=4), total_steps=4)
-
-
-def _rollouts(policy, rewards: list[float]):
-    from srpo_plugins.samplers.hf import HFSampler
-
-    from srpo.api import PluginContext
-    from srpo.data import load_jsonl
-    from srpo.types import Scores
-
-    prompts = load_jsonl(TINY / "data" / "math_test.jsonl", "math", limit=4)
-    ctx = PluginContext(run_dir=TINY, seed=0, policy=policy)
-    sampler = HFSampler(HFSampler.Options(max_new_tokens=12), ctx)
-    torch.manual_seed(1)
-    batch = sampler.generate(prompts, 4)
-    reward = torch.tensor(rewards)
-    return batch, Scores(reward, reward > 0, [None] * len(rewards))
-
-
 REWARDS = [1, 1, 1, 1, 0, 1, 0, 1, 0, 0, 0, 0, 1, 0.5, 0, 0]
 
 
 def _update(**options):
-    policy = _policy(**options)
-    batch, scores = _rollouts(policy, [float(r) for r in REWARDS])
+    policy = tiny_policy(**options)
+    batch, scores = tiny_rollouts(policy, [float(r) for r in REWARDS])
     metrics = policy.update(batch, scores)
     return metrics, {k: v.clone() for k, v in policy.model.state_dict().items()}
 
@@ -108,8 +84,6 @@ def test_token_budget_passes_step_like_one_pass(aggregation):
     """One optimizer step over 16 rows: one pass of everything, the count layout, and token
     budgets that cut through groups (padded and packed layouts) give the same loss, gradient
     norm and weights within float32 noise."""
-    from srpo.policy import Policy
-
     algo = AlgorithmSection(group_size=4, aggregation=aggregation)
     results = {}
     for name, options in {
@@ -118,10 +92,8 @@ def test_token_budget_passes_step_like_one_pass(aggregation):
         "budget-padded": {"max_tokens_per_micro_batch": 60},
         "budget-packed": {"max_tokens_per_micro_batch": 60, "padding_free": True},
     }.items():
-        cfg = PolicySection(path=TINY / "model", **options)
-        torch.manual_seed(0)
-        policy = Policy(TINY / "model", cfg, algo, total_steps=4)
-        batch, scores = _rollouts(policy, [float(r) for r in REWARDS])
+        policy = tiny_policy(algo, **options)
+        batch, scores = tiny_rollouts(policy, [float(r) for r in REWARDS])
         metrics = policy.update(batch, scores)
         results[name] = (metrics, {k: v.clone() for k, v in policy.model.state_dict().items()})
     base_m, base_w = results["one-pass"]

@@ -8,31 +8,14 @@ import torch
 
 from srpo.config import AlgorithmSection, PolicySection
 from tests.support.tiny import TINY
+from tests.support.tiny_update import tiny_policy, tiny_rollouts
 
 
 def _policy(micro_batch_size: int = 4, **policy_options):
-    from srpo.policy import Policy
-
-    cfg = PolicySection(path=TINY / "model", micro_batch_size=micro_batch_size, **policy_options)
-    torch.manual_seed(0)
-    return Policy(TINY / "model", cfg, AlgorithmSection(group_size=4), total_steps=4)
+    return tiny_policy(micro_batch_size=micro_batch_size, **policy_options)
 
 
-def _rollouts(policy, rewards: list[float]):
-    """Real rollouts of the tiny model (4 groups of 4) with the given rewards."""
-    from srpo_plugins.samplers.hf import HFSampler
-
-    from srpo.api import PluginContext
-    from srpo.data import load_jsonl
-    from srpo.types import Scores
-
-    prompts = load_jsonl(TINY / "data" / "math_test.jsonl", "math", limit=4)
-    ctx = PluginContext(run_dir=TINY, seed=0, policy=policy)
-    sampler = HFSampler(HFSampler.Options(max_new_tokens=12), ctx)
-    torch.manual_seed(1)
-    batch = sampler.generate(prompts, 4)
-    reward = torch.tensor(rewards)
-    return batch, Scores(reward, reward > 0, [None] * len(rewards))
+_rollouts = tiny_rollouts
 
 
 # groups 0 and 2 are flat (all right / all wrong): with micro_batch_size 4, two of the four

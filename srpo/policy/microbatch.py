@@ -43,13 +43,12 @@ def group_rows(batch: RolloutBatch, groups: Sequence[int]) -> torch.Tensor:
     return torch.cat([(batch.group == g).nonzero().flatten() for g in groups])
 
 
-def row_tokens(batch: RolloutBatch, mask: torch.Tensor | None = None) -> torch.Tensor:
+def row_tokens(batch: RolloutBatch) -> torch.Tensor:
     """[N] tokens a forward pass reads per row: its prompt and its real response tokens (the
-    response mask's length, not ``mask``: a row's forward covers its whole response even where
-    an algorithm drops tokens from the loss)."""
+    response mask's length, not the loss mask's: a row's forward covers its whole response
+    even where an algorithm drops tokens from the loss)."""
     prompt = torch.tensor([len(batch.prompt_token_ids[int(g)]) for g in batch.group])
-    resp = batch.response_mask.sum(1) if mask is None else mask.sum(1)
-    return prompt.long() + resp.long()
+    return prompt.long() + batch.lengths.long()
 
 
 def pass_cost(lengths: Sequence[int], padded: bool) -> int:

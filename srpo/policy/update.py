@@ -95,7 +95,7 @@ class PolicyUpdate:
         stats = UpdateStats()
         for _ in range(self.cfg.ppo_epochs):
             for plan in plans:
-                self._optimizer_step(batch, scores, mask, lengths, plan, old_logp, ref_logp, stats)
+                self._optimizer_step(batch, scores, mask, plan, old_logp, ref_logp, stats)
         metrics = stats.result(self.dist)
         self._refresh_replica()
         steps = self.cfg.ppo_epochs * len(plans)
@@ -141,11 +141,8 @@ class PolicyUpdate:
         dead: list[bool] = []
         if budget is None:  # whole groups, about micro_batch_size rows, as before
             mine = self._my_groups(groups)
-            flat = {g for g in mine if all(r in dead_rows for r in group_rows(batch, [g]).tolist())}
-            for is_dead, part in (
-                (False, [g for g in mine if g not in flat]),
-                (True, sorted(flat, key=mine.index)),
-            ):
+            flat = [g for g in mine if dead_rows.issuperset(group_rows(batch, [g]).tolist())]
+            for is_dead, part in ((False, [g for g in mine if g not in flat]), (True, flat)):
                 for mb in count_micro_batches(batch, part, self.cfg.micro_batch_size):
                     micro.append(torch.tensor(mb, dtype=torch.long))
                     dead.append(is_dead)
@@ -177,7 +174,6 @@ class PolicyUpdate:
         batch: RolloutBatch,
         scores: Scores,
         mask: torch.Tensor,
-        lengths: torch.Tensor,
         plan: MiniBatchPlan,
         old_logp: torch.Tensor | None,
         ref_logp: torch.Tensor | None,
