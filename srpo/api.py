@@ -193,6 +193,20 @@ class Sampler(Plugin, ABC):
         ``time/sync``). Raise ``PluginError`` when the sync fails: the run stops."""
         return None
 
+    def prepare_overlap(self) -> None:
+        """Called once before generation first runs beside an update (``run.max_staleness``
+        > 0). From then on ``generate`` runs on the kernel's generation thread while the
+        policy trains on the main thread, so the sampler must sample from weights that only
+        ``sync`` changes (``sync`` and ``generate`` are never called at the same time: the
+        kernel pushes weights while the generation thread is idle). A sampler whose
+        generation shares the policy's weights makes its own copy here. The default refuses
+        (third-party samplers opt in): raise ``PluginError`` with the reason to refuse."""
+        raise PluginError(
+            f"sampler {type(self).__name__} cannot generate beside the update "
+            "(run.max_staleness > 0): it does not implement prepare_overlap; set "
+            "run.max_staleness: 0"
+        )
+
 
 class Verifier(Plugin, ABC):
     """Scores rollouts of one domain. Never raises for a bad response: returns an error Score."""

@@ -51,6 +51,13 @@ class RunSection(_Strict):
     epochs: int = Field(1, ge=1, description="passes over the curriculum's prompts")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
     prompts_per_step: int = Field(32, ge=1, description="prompts per step (G rollouts each)")
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        description="0: on-policy (generate, then train); k: the next steps' rollouts are "
+        "generated beside the update, up to k steps ahead, so a step trains on rollouts of "
+        "weights at most k updates old (docs/staleness.md)",
+    )
     device: Literal["cpu", "cuda", "auto"] = Field(
         "cpu", description="cpu, cuda (each rank takes GPU LOCAL_RANK) or auto"
     )

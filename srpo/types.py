@@ -55,6 +55,9 @@ class RolloutBatch:
     # log-probs at this same temperature, so importance ratios compare like with like; it is
     # part of what a sampler returns because only the sampler knows it.
     temperature: float
+    # [N] int64: updates applied to the weights that sampled each rollout; set by the kernel
+    # when generation runs ahead of training (run.max_staleness > 0), else None.
+    policy_version: torch.Tensor | None = None
 
     @property
     def num_rollouts(self) -> int:
@@ -86,6 +89,7 @@ class RolloutBatch:
             truncated=self.truncated[rows],
             response_text=[t for t, r in zip(self.response_text, rows.tolist(), strict=True) if r],
             temperature=self.temperature,
+            policy_version=None if self.policy_version is None else self.policy_version[rows],
         )
 
     @staticmethod
@@ -100,6 +104,9 @@ class RolloutBatch:
         def pad(x: torch.Tensor, value: Any) -> torch.Tensor:
             return torch.nn.functional.pad(x, (0, T - x.shape[1]), value=value)
 
+        versions = [b.policy_version for b in batches]
+        if any(v is None for v in versions) and any(v is not None for v in versions):
+            raise ValueError("cannot join rollouts with and without policy versions")
         offsets, prompts, tokens, total = [], [], [], 0
         for b in batches:
             offsets.append(total)
@@ -117,6 +124,7 @@ class RolloutBatch:
             truncated=torch.cat([b.truncated for b in batches]),
             response_text=[t for b in batches for t in b.response_text],
             temperature=batches[0].temperature,
+            policy_version=None if versions[0] is None else torch.cat(versions),  # type: ignore[arg-type]
         )
 
 

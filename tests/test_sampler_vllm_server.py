@@ -284,17 +284,20 @@ def test_an_engine_that_cannot_start_in_the_server_is_one_line(policy: Policy, t
 RUN_FILE = SMOLLM2 / "plugins-vllm-server.yaml"
 
 
-def srpo_run(out: Path, **sets: object) -> subprocess.Popen:
+def srpo_run(
+    out: Path, *more: str, env: dict[str, str] | None = None, **sets: object
+) -> subprocess.Popen:
     """``srpo run`` of the server-mode example on the small settings of test_sampler_vllm
-    (``sets`` on top), running; its output goes to files beside ``out``."""
+    (``sets`` on top, then the arguments ``more``), running; its output goes to files beside
+    ``out`` (appended to: a resume adds to the first invocation's)."""
     where = {"run.output_dir": str(out), "policy.path": str(smollm2_model_dir())}
     args = [a for k, v in {**SMALL, **sets, **where}.items() for a in ("--set", f"{k}={v}")]
-    with open(f"{out}.stdout", "w") as stdout, open(f"{out}.stderr", "w") as stderr:
+    with open(f"{out}.stdout", "a") as stdout, open(f"{out}.stderr", "a") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "srpo.cli", "run", str(RUN_FILE), *args],
+            [sys.executable, "-m", "srpo.cli", "run", str(RUN_FILE), *args, *more],
             stdout=stdout,
             stderr=stderr,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             cwd=ROOT,
         )
 
@@ -345,3 +348,42 @@ def test_srpo_run_in_server_mode_probes_every_push_and_a_killed_engine_stops_it(
     assert f"the engine server (pid {engine}) was killed by signal 9 (SIGKILL)" in last, last
     assert sorted(p.name for p in (out / "checkpoints").iterdir()), "no checkpoint kept"
     assert engine_servers_of(run.pid) == []
+
+
+def test_one_step_ahead_with_the_server_trains_and_resumes_exactly_after_kill_9(tmp_path: Path):
+    """``run.max_staleness: 1`` with the engine server on its own core: after the first step
+    every step trains on the previous weights' rollouts, every push probed; the trainer
+    killed with -9 on its generation thread (step 2's rollouts generated and not trained,
+    the main thread in step 1's update) resumes, with a fresh server, to the uninterrupted
+    run's metrics. What no fast test proves: the pipeline with a real engine in another
+    process, its seeds and pushes, across a kill and a new server."""
+    smollm2_model_dir()
+    sets = {
+        "run.max_steps": 4,
+        "run.threads": 1,
+        "run.max_staleness": 1,
+        "algorithm.rollout_correction.mode": "token_tis",
+        "checkpoint.every": 1,
+        "sampler.options.cpus": json.dumps([max(os.sched_getaffinity(0))]),
+    }
+    ref = tmp_path / "ref"
+    run = srpo_run(ref, **sets)
+    assert run.wait(1200) == 0, Path(f"{ref}.stderr").read_text()[-3000:]
+    rows = metrics_of(ref)
+    assert [r["staleness/max"] for r in rows] == [0.0, 1.0, 1.0, 1.0]
+    pushed = [r for r in rows if "sync/probe_gap" in r]  # steps 1, 2 push before submitting
+    assert [r["step"] for r in pushed] == [1, 2]
+    assert all(r["sync/probe_gap"] < LOGP_TOL for r in pushed)
+    killed = tmp_path / "killed"
+    run = srpo_run(killed, env={"SRPO_FAULT_AT": "generate:3"}, **sets)
+    assert run.wait(1200) == -signal.SIGKILL, Path(f"{killed}.stderr").read_text()[-3000:]
+    assert len(metrics_of(killed)) < 4
+    run = srpo_run(killed, "--resume", **sets)
+    assert run.wait(1200) == 0, Path(f"{killed}.stderr").read_text()[-3000:]
+    assert "resuming from" in Path(f"{killed}.stdout").read_text()
+    timing = ("time/", "memory/", "tokens_per_s", "sync/")  # a resume pushes once more
+
+    def comparable(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if not k.startswith(timing)} for r in rows]
+
+    assert comparable(metrics_of(killed)) == comparable(rows)

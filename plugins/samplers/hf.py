@@ -1,6 +1,8 @@
 """The embedded default sampler: ``transformers`` generation on the policy's own model.
 
-It shares the policy's weights (no copy, so ``sync`` has nothing to do). The behaviour
+It shares the policy's weights (no copy, so ``sync`` has nothing to do), except when
+generation runs beside the update (``run.max_staleness`` > 0): it then generates from its own
+copy, which ``sync`` refreshes. The behaviour
 log-probs it returns are those of the distribution it sampled from: after temperature and,
 when set, top-p/top-k truncation (renormalized). The trainer computes its log-probs at the
 batch's temperature over the full vocabulary, so with top-p/top-k < full the two differ on
@@ -16,7 +18,9 @@ generating shares of a step reproduce one process (up to the model's own numeric
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -57,6 +61,21 @@ class HFSampler(Sampler):
             raise ValueError("the hf sampler generates with the policy's model: none was given")
         self.policy: PolicyHandle = context.policy
         self.tokenizer = context.policy.tokenizer
+        self.own_model: Any = None  # generation beside the update: a copy only sync changes
+
+    def prepare_overlap(self) -> None:
+        """The update changes the policy's weights in place while the generation thread
+        samples, so generate from a copy from now on (one more model's memory)."""
+        if self.own_model is None:
+            self.own_model = copy.deepcopy(self.policy.generation_model)
+            self.own_model.requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def sync(self, policy: PolicyHandle) -> dict[str, float] | None:
+        if self.own_model is None:
+            return None
+        self.own_model.load_state_dict(policy.generation_model.state_dict())
+        return None
 
     @torch.no_grad()
     def generate(
@@ -131,7 +150,8 @@ class HFSampler(Sampler):
         row_seeds: list[int] | None,
     ) -> tuple[torch.Tensor, ...]:
         """Generate one chunk of (prompt, sample) rows; ``row_seeds`` None means greedy."""
-        model, device = self.policy.generation_model, self.policy.device
+        model = self.own_model if self.own_model is not None else self.policy.generation_model
+        device = self.policy.device
         pad = int(self.tokenizer.pad_token_id)
         eos = self.tokenizer.eos_token_id
         ids, att = left_pad([prompt_ids[g] for g, _ in rows], pad)

@@ -25,7 +25,7 @@ from srpo.api import Plugin, PluginContext
 from srpo.config import LoadedConfig, PluginSpec, RunConfig, format_validation_error, resolve_path
 from srpo.data import load_dataset
 from srpo.distributed import Dist, init_from_env, say
-from srpo.errors import OptionError, PluginError, PluginStartError, SrpoError
+from srpo.errors import OptionError, PluginError, PluginStartError, SrpoError, warn
 from srpo.kernel.checkpoint import (
     SHARDED,
     CheckpointError,
@@ -186,10 +186,20 @@ def _prepare_resume(
         )
     path = resolve_resume(target, run_dir)
     state = load_state(path)
-    changes = check_config(state["config"], new_config, allow, path)
+    changes = check_config(_with_defaults(state["config"]), new_config, allow, path)
     for key, old, new in changes:
         say(f"srpo: run file change accepted: {key}: {old!r} → {new!r}")
     return path, state
+
+
+def _with_defaults(old: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's run file as today's schema reads it: a field added since it was written
+    takes its default, which (by the schema's rule that defaults keep the old behaviour) is
+    not a change. A run file today's schema refuses is compared as it was saved."""
+    try:
+        return RunConfig.model_validate(old).model_dump(mode="json")
+    except ValidationError:
+        return old
 
 
 def _rewind_history(history: Any, saved: dict[str, Any] | None, where: Path) -> int:
@@ -249,6 +259,7 @@ def build(
         check_output_dir(run_dir, overwrite)
     device = _device(cfg.run.device)
     dist = init_from_env(device)
+    _check_staleness(loaded, dist)
     if dist.active and device == "cuda":
         device = f"cuda:{dist.local_rank}"
     keep_replica = bool(getattr(p.sampler[0], "generates_with_policy_model", False))
@@ -301,6 +312,27 @@ def build(
     if dist.is_main:
         _write_config(run_dir, config)  # the run file now in force (allowed changes included)
     return kernel
+
+
+def _check_staleness(loaded: LoadedConfig, dist: Dist) -> None:
+    """``run.max_staleness`` > 0: one process for now, and a word when stale rollouts would be
+    trained without the importance correction that accounts for their age."""
+    cfg = loaded.config
+    if not cfg.run.max_staleness:
+        return
+    if dist.active:
+        raise loaded.error(
+            ("run", "max_staleness"),
+            "generation ahead of the update runs in one process for now; set it to 0 for a "
+            "data-parallel run",
+        )
+    if cfg.algorithm.rollout_correction.mode == "none" and dist.is_main:
+        warn(
+            f"run.max_staleness is {cfg.run.max_staleness} and "
+            "algorithm.rollout_correction.mode is none: rollouts up to that many updates old "
+            "are trained as if on-policy; token_tis weights each token by trainer/behaviour "
+            "probability (the decoupled objective, docs/staleness.md)"
+        )
 
 
 def _device(run_device: str) -> str:
@@ -375,6 +407,7 @@ def _settings(cfg: RunConfig, domains: list[str]) -> KernelSettings:
         seed=cfg.run.seed,
         domains=domains,
         checkpoint_every=cfg.checkpoint.every,
+        max_staleness=cfg.run.max_staleness,
     )
 
 

@@ -50,6 +50,12 @@ class Checkpointing:
     def _summary(self) -> dict[str, float]:
         raise NotImplementedError
 
+    if TYPE_CHECKING:  # srpo.kernel.overlap.Overlap's, beside this mixin in Kernel
+
+        def _pipeline_state(self) -> dict[str, Any]: ...
+
+        def _load_pipeline_state(self, state: Mapping[str, Any]) -> None: ...
+
     def _end_failed(self, error: Exception) -> None:
         """A role raised: checkpoint the last consistent state if there is one, tell the
         loggers, and let the error propagate (it names the plugin)."""
@@ -125,6 +131,7 @@ class Checkpointing:
             "verifiers": {d: v.state_dict() for d, v in r.verifiers.items()},
             "loggers": [lg.state_dict() for lg in r.loggers],
             "first_eval": dict(self.first_eval),
+            **self._pipeline_state(),  # rollouts generated ahead, not yet trained on
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -137,3 +144,4 @@ class Checkpointing:
         for lg, st in zip(r.loggers, state["loggers"], strict=False):
             lg.load_state_dict(st)
         self.first_eval = dict(state.get("first_eval", {}))
+        self._load_pipeline_state(state)

@@ -32,6 +32,8 @@ from srpo.kernel.behaviour import BehaviourMetrics
 from srpo.kernel.checkpoint import CheckpointManager
 from srpo.kernel.checkpointing import Checkpointing, Counters
 from srpo.kernel.metrics import rollout_metrics
+from srpo.kernel.overlap import Overlap, stamp
+from srpo.kernel.pipeline import RolloutPipeline
 from srpo.kernel.roles import EventDispatch, Roles, sync_sampler, takes_seeds
 from srpo.kernel.signals import fault_point
 from srpo.kernel.verify import verify_batch
@@ -68,6 +70,7 @@ class KernelSettings:
     seed: int
     domains: Sequence[str]  # domain code = index in this list (stored in history)
     checkpoint_every: int = 0  # 0: only at the end (and on a stop or a plugin failure)
+    max_staleness: int = 0  # 0: on-policy; k: generation runs up to k steps ahead
 
 
 @dataclass
@@ -80,7 +83,7 @@ class _StepRollouts:
     generated: int
 
 
-class Kernel(Checkpointing):
+class Kernel(Checkpointing, Overlap):
     """Runs a training run as steps and epochs over the roles it is given."""
 
     def __init__(
@@ -126,6 +129,7 @@ class Kernel(Checkpointing):
         # the step's start is still valid) or "dirty" (mid-update: nothing consistent).
         self._phase = "complete"
         self._snapshot: dict[str, Any] | None = None
+        self.pipeline = RolloutPipeline(settings.max_staleness)
 
     @property
     def failure(self) -> PluginError | None:
@@ -162,11 +166,13 @@ class Kernel(Checkpointing):
         c = self.counters
         try:
             self.emit(ev.RunStart(self.run_dir, self.config, self.total_steps(), c.step))
+            self._start_overlap()
             if c.step == 0 and not self._stopping():  # a resumed run is past it (step > 0)
                 self.first_eval = self.evaluate("before")
             self._loop()
         except Exception as e:
             self._end_failed(e)
+            self.pipeline.close()
             raise
         status = "completed"
         if self.failure is not None:
@@ -174,6 +180,7 @@ class Kernel(Checkpointing):
         elif self.stop_requested:
             status = "interrupted"
         self.save_checkpoint(final=True)
+        self.pipeline.close()
         if self.failure is not None:
             self._note_checkpoint(self.failure)
         if status == "completed":
@@ -215,6 +222,7 @@ class Kernel(Checkpointing):
             cur.begin_epoch(c.epoch)
         self._sync_curriculum()
         c.epoch_started = True
+        self.pipeline.exhausted = False
         self._apply_stage_overrides()
         self.emit(ev.EpochStart(c.epoch, cur.stage, cur.epoch_size()))
         self._phase = "complete"
@@ -253,6 +261,7 @@ class Kernel(Checkpointing):
         if self._applied_stage == cur.stage:
             return
         self._applied_stage = cur.stage
+        self.pipeline.wait()  # no generation runs while a role's options change
         overrides = dict(cur.overrides())
         if not overrides and not self._overridden:
             return
@@ -286,37 +295,53 @@ class Kernel(Checkpointing):
 
     def step(self) -> bool:
         """One training step; False when the curriculum has no prompts left this epoch."""
+        t_start = time.perf_counter()
+        timing = {"generate": 0.0, "verify": 0.0, "update": 0.0, "sync": 0.0, "history": 0.0}
+        stats: dict[str, float] = {}  # of generation ahead (run.max_staleness > 0)
+        if self._staleness:
+            # what was submitted ahead is generated before the snapshot: a checkpoint holds it
+            timing["wait_rollouts"] = self.pipeline.wait()
         self._snapshot = self.snapshot() if self.checkpoints is not None else None
         self._phase = "clean"
         fault_point("step_start")
-        t_start = time.perf_counter()
-        timing = {"generate": 0.0, "verify": 0.0, "update": 0.0, "sync": 0.0, "history": 0.0}
-        got = self._gather_rollouts(timing)
+        got = self._gather_rollouts(timing, stats)
         if got is None:
             self._phase = "complete"
             return False
         self.emit(ev.RolloutsScored(self.counters.step, got.batch, got.scores))
-        update_metrics = self._train(got.batch, got.scores, timing)
+        self._submit_ahead(timing, stats)  # the next steps' generation runs beside the update
+        update_metrics = {**self._train(got.batch, got.scores, timing), **stats}
         self._commit_history(timing)
         metrics = self._step_metrics(got, update_metrics, timing, time.perf_counter() - t_start)
         self._finish_step(metrics)
         return True
 
-    def _gather_rollouts(self, timing: dict[str, float]) -> _StepRollouts | None:
+    def _gather_rollouts(
+        self, timing: dict[str, float], stats: dict[str, float]
+    ) -> _StepRollouts | None:
         """Generation rounds until the step has ``prompts_per_step`` accepted groups (one
-        round unless the curriculum filters groups); None when the epoch has no prompts."""
+        round unless the curriculum filters groups); None when the epoch has no prompts.
+        The first round's rollouts may have been generated ahead (``run.max_staleness``)."""
         cur = self.roles.curriculum
         parts: list[tuple[RolloutBatch, Scores]] = []
         kept_groups, rounds, generated = 0, 0, 0
         while rounds < max(1, cur.max_generation_rounds):
-            want = self.s.prompts_per_step - kept_groups
-            prompts = self.dist.decide(functools.partial(cur.next_prompts, want))
-            if not prompts:
-                break
+            ahead = self._take_ahead(timing, stats) if rounds == 0 else None
+            if ahead is not None:
+                prompts, batch, scores = ahead
+            else:
+                want = self.s.prompts_per_step - kept_groups
+                if self.pipeline.exhausted:  # said at a submission: the epoch has no more
+                    prompts = []
+                else:
+                    prompts = self.dist.decide(functools.partial(cur.next_prompts, want))
+                if not prompts:
+                    break
             if rounds == 0:
                 self.emit(ev.StepStart(self.counters.step, self.counters.epoch))
             rounds += 1
-            batch, scores = self._rollouts(prompts, timing, rounds - 1)
+            if ahead is None:
+                batch, scores = self._rollouts(prompts, timing, rounds - 1, stats)
             generated += batch.num_rollouts
             self._record_history(batch, scores, timing)
             keep = self.dist.decide(functools.partial(cur.accept_groups, batch, scores))
@@ -334,53 +359,51 @@ class Kernel(Checkpointing):
         return _StepRollouts(batch, Scores.concat([s for _, s in parts]), rounds, generated)
 
     def _rollouts(
-        self, prompts: list[Prompt], timing: dict[str, float], round_: int = 0
+        self,
+        prompts: list[Prompt],
+        timing: dict[str, float],
+        round_: int = 0,
+        stats: dict[str, float] | None = None,
     ) -> tuple[RolloutBatch, Scores]:
-        """Rollouts and scores of ``prompts`` (the whole step's, on every rank): this rank
-        generates and verifies its share, then the shares are gathered in order."""
-        share = self.dist.shard(len(prompts))
+        """Rollouts and scores of ``prompts`` (the whole step's, on every rank), generated
+        now: this rank generates and verifies its share, then the shares are gathered in
+        order. With generation ahead the engine first takes the policy's weights."""
+        if self._staleness:
+            (stats if stats is not None else {}).update(self._engine_current(timing))
         seeds = prompt_seeds(self.s.seed, self.counters.step, round_, len(prompts))
-        batch, scores = self._rollouts_of(
-            [prompts[i] for i in share], [seeds[i] for i in share], timing
-        )
-        if self.dist.active:
-            parts = self.dist.all_gather((batch, scores))
-            pad = int(self.policy.tokenizer.pad_token_id)
-            batch = RolloutBatch.concat([b for b, _ in parts], pad)
-            scores = Scores.concat([sc for _, sc in parts])
-        return batch, scores
-
-    def _rollouts_of(
-        self, prompts: list[Prompt], seeds: list[int], timing: dict[str, float]
-    ) -> tuple[RolloutBatch, Scores]:
         t = time.perf_counter()
-        extra = {"seeds": seeds} if self._seeded else {}
-        try:
-            batch = self.roles.sampler.generate(prompts, self.s.group_size, **extra)
-        except Exception as e:
-            raise PluginError(
-                f"sampler {type(self.roles.sampler).__name__} failed: {type(e).__name__}: {e}"
-            ) from e
+        batch = self._generate_share(prompts, seeds)
         timing["generate"] += time.perf_counter() - t
-        fault_point("generate")
-        t = time.perf_counter()
-        # the algorithm shapes rewards (not correctness) before history and group filtering
-        scores = algo.shape_scores(self.policy.algo.overlong, batch, self.verify(batch))
-        timing["verify"] += time.perf_counter() - t
-        fault_point("verify")
-        return batch, scores
+        if self._staleness:
+            batch = stamp(batch, self.counters.step)
+        return self._score_share(batch, timing)
 
     def verify(self, batch: RolloutBatch) -> Scores:
         return verify_batch(self.roles.verifiers, batch)
+
+    def policy_group_size(self) -> int:
+        return self.s.group_size
+
+    def _max_steps(self) -> int | None:
+        return self.s.max_steps
+
+    def _prompts_per_step(self) -> int:
+        return self.s.prompts_per_step
+
+    def _run_seed(self) -> int:
+        return self.s.seed
 
     def _train(self, batch: RolloutBatch, scores: Scores, timing: dict[str, float]) -> dict:
         t = time.perf_counter()
         self._phase = "dirty"
         loss_mask = algo.loss_mask(self.policy.algo.overlong, batch)
+        staleness = self._staleness_metrics(batch)
         update_metrics = self.policy.update(batch, scores, loss_mask=loss_mask)
         timing["update"] += time.perf_counter() - t
         t = time.perf_counter()
-        sync_metrics = sync_sampler(self.roles.sampler, self.policy)
+        # generating ahead, the engine takes the weights when it is next idle
+        sync_metrics = {} if self._staleness else sync_sampler(self.roles.sampler, self.policy)
+        sync_metrics.update(staleness)
         timing["sync"] += time.perf_counter() - t
         fault_point("update")
         self.emit(ev.UpdateDone(self.counters.step, update_metrics))
@@ -463,6 +486,8 @@ class Kernel(Checkpointing):
         ``eval.n_samples``, avg@n, pass@k, maj@k: ``srpo.eval.training``)."""
         if not self.eval_sets:
             return {}
+        if self._staleness:  # evaluate the policy's current weights
+            self._engine_current({"wait_rollouts": 0.0, "sync": 0.0})
         r = self.roles
         metrics = held_out_metrics(
             r.sampler, r.verifiers, self.eval_sets, self.dist, self.sampled_eval, r.curriculum

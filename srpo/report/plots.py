@@ -27,7 +27,7 @@ from srpo.report.runs import Run
 
 COLORS = plt.get_cmap("tab10").colors
 STYLES = ("-", "--", ":", "-.")
-TIME_PARTS = ("generate", "verify", "update", "history", "other")
+TIME_PARTS = ("generate", "wait_rollouts", "verify", "update", "sync", "history", "other")
 KEPT = (("mixed", "#4c72b0"), ("all_wrong", "#c44e52"), ("unseen", "#8c8c8c"))
 READMITTED = ("readmitted", "#55a868")
 DROPPED = ("all_correct", "#dd8452")
@@ -332,6 +332,31 @@ FIGURES: list[tuple[str, str, str, Callable[[Sequence[Run], Path, str], str | No
         _simple("Generation throughput", "tokens / s", ["tokens_per_s"]),
     ),
     ("time_split.png", "Time split", "Seconds per step by phase, stacked.", plot_time_split),
+    (
+        "staleness.png",
+        "Staleness",
+        "Generation ahead of the update (run.max_staleness): how many updates behind the "
+        "trainer the weights that sampled the step's rollouts were (rollouts dropped as too "
+        "stale: staleness/dropped in the metrics).",
+        _simple(
+            "Staleness of the trained rollouts",
+            "updates behind",
+            ["staleness/mean", "staleness/max"],
+            ["mean", "max"],
+        ),
+    ),
+    (
+        "overlap_idle.png",
+        "Idle time",
+        "Generation ahead of the update: seconds the trainer waited for rollouts and the "
+        "generation thread waited for the trainer (weights or prompts), per step.",
+        _simple(
+            "Idle time per step",
+            "seconds",
+            ["time/wait_rollouts", "time/engine_idle"],
+            ["trainer waiting for rollouts", "engine waiting for the trainer"],
+        ),
+    ),
     (
         "dataset.png",
         "Dataset per epoch",

@@ -291,6 +291,18 @@ class VLLMSampler(Sampler):
             temperature=0.0 if greedy else self.options.temperature,
         )
 
+    def prepare_overlap(self) -> None:
+        """Server mode generates beside the update (the engine is another process; this
+        thread only waits on its connection). Colocated, the engine shares the trainer's
+        process and cores, and vLLM's in-process engine is not known to be safe to drive from
+        a second thread: refused."""
+        if self.remote is None:
+            raise PluginError(
+                "sampler vllm: run.max_staleness > 0 needs sampler.options.mode: server (the "
+                "colocated engine runs in the trainer's process and cannot generate beside "
+                "the update)"
+            )
+
     # -- weights ---------------------------------------------------------------------------
 
     def sync(self, policy: PolicyHandle) -> dict[str, float]:
