@@ -106,6 +106,21 @@ def test_behaviour_logprobs_equal_the_trainers(sampler: VLLMSampler, policy: Pol
     assert (at_one.detach() - batch.behaviour_logp).abs()[m].max() > 100 * LOGP_TOL
 
 
+def test_a_seeded_batch_longer_than_one_engine_step_samples(sampler: VLLMSampler, policy: Policy):
+    """More prompt tokens than vLLM schedules in one engine step (4,096 on CPU), with the
+    kernel's seeds: vLLM 0.32 on CPU split a prefill across steps and then crashed on the
+    seeded request's generator ("CPU Generator does not use offset"), so a training step of
+    prompts_per_step x G x prompt tokens > 4,096 died. The sampler turns the splitting off
+    on CPU; this batch is ~40 x 2 x 130 tokens."""
+    long = [
+        Prompt(id=i, domain="easy", text="What is " + "1 + " * 60 + f"{i}?", reference="")
+        for i in range(40)
+    ]
+    assert sum(len(policy.encode_prompt(p.chat)) for p in long) > 4096
+    batch = sampler.generate(long, 2, seeds=list(range(40)))
+    assert batch.num_rollouts == 80 and bool(batch.response_mask.any(1).all())
+
+
 def test_greedy_evaluation_is_deterministic(sampler: VLLMSampler):
     a, b = sampler.generate(prompts(), 1, greedy=True), sampler.generate(prompts(), 1, greedy=True)
     assert a.temperature == 0.0

@@ -185,3 +185,21 @@ def test_refill_rounds_of_dynamic_sampling_generate_with_the_current_weights(wor
     refilled = [r for r in rows if r["generation_rounds"] > 1 and r.get("staleness/max") == 1.0]
     assert refilled, [(r["generation_rounds"], r.get("staleness/max")) for r in rows]
     assert all(r["staleness/mean"] < 1.0 for r in refilled)
+
+
+def test_history_resampling_sees_every_rollout_of_the_epoch(workdir):
+    """History resampling rebuilds the next epoch from the history store at the epoch end:
+    with generation ahead, the epoch end is a barrier, so every prompt the epoch served has
+    its outcome in the store by then, as in a synchronous run (none is left "unseen"), and
+    the next epoch is built from all of them."""
+    reports = {}
+    for k in (0, 1):
+        cfg = config(workdir, f"hr{k}", k, steps_per_epoch=3)
+        cfg["curriculum"] = {"name": "history_resampling", "options": {}}
+        rows = train(workdir, cfg, f"hr{k}")
+        reports[k] = [r for r in rows if r.get("kind") == "epoch"]
+    for k, epochs in reports.items():
+        first = epochs[0]
+        served = first["all_correct"] + first["mixed"] + first["all_wrong"]
+        assert served == 24 and first.get("unseen", 0) == 0, (k, first)
+        assert first["dataset_size"] == 24 - first["dropped"], (k, first)

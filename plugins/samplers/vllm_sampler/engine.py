@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -72,7 +74,26 @@ def engine_args(options: Any, policy: PolicyHandle, seed: int) -> dict[str, Any]
     }
     if options.kv_cache_gb is not None:
         args["kv_cache_memory_bytes"] = int(options.kv_cache_gb * 2**30)
+    if not cuda:
+        # vLLM 0.32 on CPU cannot rewind a seeded request's random stream (a CPU generator
+        # has no offset), which it does when a prefill is split across engine steps: a batch
+        # of more prompt tokens than one step schedules (4,096) then crashed. Unsplit
+        # prefills need a step budget of at least one whole sequence.
+        longest = options.max_model_len or _model_max_len(policy.model_dir)
+        if longest is not None:
+            args["enable_chunked_prefill"] = False
+            args["max_num_batched_tokens"] = max(4096, longest)
     return args
+
+
+def _model_max_len(model_dir: Path) -> int | None:
+    """The longest sequence the model takes (vLLM's default ``max_model_len``), from its
+    ``config.json``; None when it does not say."""
+    try:
+        value = json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return int(value)
 
 
 def start_engine(options: Any, policy: PolicyHandle, seed: int) -> Any:
