@@ -309,6 +309,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``srpo`` program. Called without ``argv`` it is the process (console script or
     ``python -m srpo.cli``) and may set process-wide signal dispositions at exit; with an
     ``argv`` list it is a library call (tests) and leaves them as it found them."""
+    if argv is None and sys.argv[1:2] == ["run"]:
+        # from the first moment, not only from cmd_run: a signal while the CLI's own modules
+        # load is one line and 130/143 too, never a KeyboardInterrupt traceback
+        from srpo.kernel.signals import exit_at_once_while_setting_up
+
+        exit_at_once_while_setting_up()
     parser = make_parser()
     args = parser.parse_args(argv)
     args.owns_process = argv is None
