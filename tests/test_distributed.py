@@ -188,6 +188,39 @@ def test_kill_9_of_rank_1_ends_the_job_and_resume_is_exact(work, two_ranks):
     assert_same_training(two_ranks, out)
 
 
+def test_two_ranks_generating_ahead_equal_one_process_also_across_a_kill(work):
+    """``run.max_staleness: 1`` over two ranks: each rank generates its share of the next
+    step beside the update and pushes its engine at the same points; the job equals one
+    process with the same setting, across a kill: rank 1 dies in step 1's update and the job
+    resumes from the checkpoint of step 0, which held step 1's rollouts generated ahead,
+    gathered from both ranks; each rank takes its share back."""
+    ahead = {"run.max_staleness": 1, "algorithm.rollout_correction.mode": "token_tis"}
+    one = work / "ahead-one"
+    cfg = harness.set_dotted(_config(one), ahead)
+    _check(harness.run(harness.write(cfg, work / "ahead-one.yaml"), timeout=600))
+    out = work / "ahead-two"
+    cfg = harness.set_dotted(_config(out), ahead)
+    path = harness.write(cfg, work / "ahead-two.yaml")
+    launcher = [sys.executable, "-m", "srpo", "run", str(path), "--nproc", "2"]
+    killed = subprocess.run(
+        launcher,
+        env=_env(SRPO_FAULT_AT="update:2", SRPO_FAULT_RANK="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert killed.returncode != 0, killed.stderr[-3000:]
+    assert max(s for s, _ in list_checkpoints(out)) == 1
+    resumed = subprocess.run(
+        [*launcher, "--resume"], env=_env(), capture_output=True, text=True, timeout=900
+    )
+    _check(resumed)
+    assert "resuming from" in resumed.stdout
+    assert_same_training(one, out)
+    rows = [r for r in harness.metrics(out) if r.get("kind") == "step"]
+    assert [r["staleness/max"] for r in rows] == [0.0, 1.0, 0.0, 1.0]  # 2 epochs of 2 steps
+
+
 def test_one_rank_per_process_env_is_the_plain_run(monkeypatch):
     """WORLD_SIZE=1 under torchrun is a one-process run: no process group, no FSDP."""
     from srpo.distributed import Dist, init_from_env

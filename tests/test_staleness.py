@@ -6,7 +6,8 @@ the staleness of every step is the schedule's (k after a bubble, 0 at each epoch
 epoch end is a barrier), a run reproduces itself bit for bit, a kill -9 while a generation is
 in flight resumes exactly (the checkpoint holds the rollouts generated ahead), a resume under
 a smaller bound regenerates what became too stale and counts it, and a sampler that cannot
-generate beside the update is refused with one line. ``max_staleness: 0`` being today's run
+generate beside the update is refused with one line. Two ranks = one process, with generation
+ahead and across a resume: tests/test_distributed.py. ``max_staleness: 0`` being today's run
 is what every other kernel test (resume, faults, curricula) keeps checking: that path is
 unchanged, and no staleness metric appears in it.
 """
@@ -129,21 +130,6 @@ def test_a_sampler_that_cannot_generate_beside_the_update_says_so():
     sampler = NoOverlapSampler(NoOverlapSampler.Options(), PluginContext(Path("."), 0))
     with pytest.raises(PluginError, match="cannot generate beside the update"):
         sampler.prepare_overlap()
-
-
-def test_staleness_is_refused_in_a_data_parallel_run_with_one_line(workdir, monkeypatch, capsys):
-    """Data-parallel generation ahead is not built yet: the run file's line says so."""
-    import srpo.kernel.build as build
-
-    class FakeDist:
-        active, is_main = True, True
-
-    cfg = config(workdir, "dp", 1)
-    path = harness.write(cfg, workdir / "dp.yaml")
-    monkeypatch.setattr(build, "init_from_env", lambda device: FakeDist())
-    assert main(["run", str(path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "run.max_staleness" in err[0] and "dp.yaml" in err[0], err
 
 
 def test_report_plots_staleness_and_idle_time(workdir, one_ahead):

@@ -259,7 +259,7 @@ def build(
         check_output_dir(run_dir, overwrite)
     device = _device(cfg.run.device)
     dist = init_from_env(device)
-    _check_staleness(loaded, dist)
+    _warn_staleness(loaded, dist)
     if dist.active and device == "cuda":
         device = f"cuda:{dist.local_rank}"
     keep_replica = bool(getattr(p.sampler[0], "generates_with_policy_model", False))
@@ -314,18 +314,12 @@ def build(
     return kernel
 
 
-def _check_staleness(loaded: LoadedConfig, dist: Dist) -> None:
-    """``run.max_staleness`` > 0: one process for now, and a word when stale rollouts would be
-    trained without the importance correction that accounts for their age."""
+def _warn_staleness(loaded: LoadedConfig, dist: Dist) -> None:
+    """``run.max_staleness`` > 0: a word when stale rollouts would be trained without the
+    importance correction that accounts for their age."""
     cfg = loaded.config
     if not cfg.run.max_staleness:
         return
-    if dist.active:
-        raise loaded.error(
-            ("run", "max_staleness"),
-            "generation ahead of the update runs in one process for now; set it to 0 for a "
-            "data-parallel run",
-        )
     if cfg.algorithm.rollout_correction.mode == "none" and dist.is_main:
         warn(
             f"run.max_staleness is {cfg.run.max_staleness} and "

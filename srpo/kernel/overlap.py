@@ -186,13 +186,31 @@ class Overlap:
         return out
 
     def _pipeline_state(self) -> dict[str, Any]:
-        """The checkpoint's share: generated, untrained rollouts (only when there can be)."""
+        """The checkpoint's share: generated, untrained rollouts (only when there can be).
+        Each rank holds its share of a step's rollouts; the checkpoint holds the whole step
+        (gathered: every rank takes a snapshot at the same point), so a resume splits it
+        again, also over another number of ranks."""
         if not self._staleness and not self.pipeline.pending:
             return {}
-        return {"pipeline": self.pipeline.state_dict()}
+        state = self.pipeline.state_dict()
+        if self.dist.active:
+            pad = int(self.policy.tokenizer.pad_token_id)
+            for p in state["pending"]:
+                parts = self.dist.all_gather(p["batch"])
+                failed = any(b is None for b in parts)  # generated again on resume
+                p["batch"] = None if failed else RolloutBatch.concat(parts, pad)
+        return {"pipeline": state}
 
     def _load_pipeline_state(self, state: Mapping[str, Any]) -> None:
-        self.pipeline.load_state_dict(state.get("pipeline"))
+        saved = state.get("pipeline")
+        if saved and self.dist.active:  # this rank's share of each step's rollouts
+            saved = {**saved, "pending": [dict(p) for p in saved["pending"]]}
+            for p in saved["pending"]:
+                if p["batch"] is not None:
+                    keep = torch.zeros(len(p["prompts"]), dtype=torch.bool)
+                    keep[list(self.dist.shard(len(p["prompts"])))] = True
+                    p["batch"] = p["batch"].select_groups(keep)
+        self.pipeline.load_state_dict(saved)
         self.pipeline.engine_version = self.counters.step
 
 
