@@ -161,18 +161,34 @@ def test_two_nodes_through_c10d_rendezvous_match(work, one_process):
     assert_same_training(one_process, out)
 
 
-def test_kill_9_of_rank_1_ends_the_job_and_resume_is_exact(work, two_ranks):
-    out = work / "killed"
-    path = harness.write(_config(out), work / "killed.yaml")
-    launcher = [sys.executable, "-m", "srpo", "run", str(path), "--nproc", "2"]
-    t0 = time.monotonic()
-    proc = subprocess.run(
-        launcher,
-        env=_env(SRPO_FAULT_AT="update:3", SRPO_FAULT_RANK="1"),
+def _launcher(path: Path) -> list[str]:
+    return [sys.executable, "-m", "srpo", "run", str(path), "--nproc", "2"]
+
+
+def _kill_rank_1(path: Path, at_update: int) -> subprocess.CompletedProcess:
+    """The 2-rank job of ``path``, rank 1 SIGKILLed in its ``at_update``-th update."""
+    return subprocess.run(
+        _launcher(path),
+        env=_env(SRPO_FAULT_AT=f"update:{at_update}", SRPO_FAULT_RANK="1"),
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def _resume(path: Path) -> None:
+    resumed = subprocess.run(
+        [*_launcher(path), "--resume"], env=_env(), capture_output=True, text=True, timeout=900
+    )
+    _check(resumed)
+    assert "resuming from" in resumed.stdout
+
+
+def test_kill_9_of_rank_1_ends_the_job_and_resume_is_exact(work, two_ranks):
+    out = work / "killed"
+    path = harness.write(_config(out), work / "killed.yaml")
+    t0 = time.monotonic()
+    proc = _kill_rank_1(path, 3)
     took = time.monotonic() - t0
     assert proc.returncode != 0
     lines = [x for x in proc.stderr.splitlines() if x.startswith("srpo: error: rank 1")]
@@ -180,11 +196,7 @@ def test_kill_9_of_rank_1_ends_the_job_and_resume_is_exact(work, two_ranks):
     assert took < 300
     steps = [s for s, _ in list_checkpoints(out)]
     assert steps and max(steps) == 2  # the kill came in step 3's update
-    resumed = subprocess.run(
-        [*launcher, "--resume"], env=_env(), capture_output=True, text=True, timeout=900
-    )
-    _check(resumed)
-    assert "resuming from" in resumed.stdout
+    _resume(path)
     assert_same_training(two_ranks, out)
 
 
@@ -201,21 +213,10 @@ def test_two_ranks_generating_ahead_equal_one_process_also_across_a_kill(work):
     out = work / "ahead-two"
     cfg = harness.set_dotted(_config(out), ahead)
     path = harness.write(cfg, work / "ahead-two.yaml")
-    launcher = [sys.executable, "-m", "srpo", "run", str(path), "--nproc", "2"]
-    killed = subprocess.run(
-        launcher,
-        env=_env(SRPO_FAULT_AT="update:2", SRPO_FAULT_RANK="1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    killed = _kill_rank_1(path, 2)
     assert killed.returncode != 0, killed.stderr[-3000:]
     assert max(s for s, _ in list_checkpoints(out)) == 1
-    resumed = subprocess.run(
-        [*launcher, "--resume"], env=_env(), capture_output=True, text=True, timeout=900
-    )
-    _check(resumed)
-    assert "resuming from" in resumed.stdout
+    _resume(path)
     assert_same_training(one, out)
     rows = [r for r in harness.metrics(out) if r.get("kind") == "step"]
     assert [r["staleness/max"] for r in rows] == [0.0, 1.0, 0.0, 1.0]  # 2 epochs of 2 steps

@@ -362,14 +362,14 @@ class Kernel(Checkpointing, Overlap):
         self,
         prompts: list[Prompt],
         timing: dict[str, float],
-        round_: int = 0,
-        stats: dict[str, float] | None = None,
+        round_: int,
+        stats: dict[str, float],
     ) -> tuple[RolloutBatch, Scores]:
         """Rollouts and scores of ``prompts`` (the whole step's, on every rank), generated
         now: this rank generates and verifies its share, then the shares are gathered in
         order. With generation ahead the engine first takes the policy's weights."""
         if self._staleness:
-            (stats if stats is not None else {}).update(self._engine_current(timing))
+            stats.update(self._engine_current(timing))
         seeds = prompt_seeds(self.s.seed, self.counters.step, round_, len(prompts))
         t = time.perf_counter()
         batch = self._generate_share(prompts, seeds)
@@ -380,18 +380,6 @@ class Kernel(Checkpointing, Overlap):
 
     def verify(self, batch: RolloutBatch) -> Scores:
         return verify_batch(self.roles.verifiers, batch)
-
-    def policy_group_size(self) -> int:
-        return self.s.group_size
-
-    def _max_steps(self) -> int | None:
-        return self.s.max_steps
-
-    def _prompts_per_step(self) -> int:
-        return self.s.prompts_per_step
-
-    def _run_seed(self) -> int:
-        return self.s.seed
 
     def _train(self, batch: RolloutBatch, scores: Scores, timing: dict[str, float]) -> dict:
         t = time.perf_counter()

@@ -26,6 +26,7 @@ from srpo.seeding import prompt_seeds
 
 if TYPE_CHECKING:
     from srpo.kernel.checkpointing import Counters
+    from srpo.kernel.loop import KernelSettings
     from srpo.kernel.roles import Roles
 
 
@@ -38,23 +39,16 @@ class Overlap:
     counters: Counters
     pipeline: RolloutPipeline
     stop_requested: str | None
+    s: KernelSettings
     _seeded: bool
+
+    if TYPE_CHECKING:  # Kernel's
+
+        def verify(self, batch: RolloutBatch) -> Scores: ...
 
     @property
     def _staleness(self) -> int:
         return self.pipeline.max_staleness
-
-    def _max_steps(self) -> int | None:
-        raise NotImplementedError
-
-    def _prompts_per_step(self) -> int:
-        raise NotImplementedError
-
-    def _run_seed(self) -> int:
-        raise NotImplementedError
-
-    def verify(self, batch: RolloutBatch) -> Any:
-        raise NotImplementedError
 
     def _start_overlap(self) -> None:
         """Before the first generation: the sampler promises to generate beside the update
@@ -94,16 +88,13 @@ class Overlap:
         extra = {"seeds": [seeds[i] for i in share]} if self._seeded else {}
         sampler = self.roles.sampler
         try:
-            batch = sampler.generate([prompts[i] for i in share], self.policy_group_size(), **extra)
+            batch = sampler.generate([prompts[i] for i in share], self.s.group_size, **extra)
         except Exception as e:
             raise PluginError(
                 f"sampler {type(sampler).__name__} failed: {type(e).__name__}: {e}"
             ) from e
         fault_point("generate")
         return batch
-
-    def policy_group_size(self) -> int:
-        raise NotImplementedError
 
     def _score_share(
         self, batch: RolloutBatch, timing: dict[str, float]
@@ -156,17 +147,17 @@ class Overlap:
             return
         t = p.next_step if p.next_step is not None else c.step + 1
         limit = c.step + k
-        if (m := self._max_steps()) is not None:
+        if (m := self.s.max_steps) is not None:
             limit = min(limit, m - 1)
         cur = self.roles.curriculum
         while t <= limit and not p.exhausted:
-            want = self._prompts_per_step()
+            want = self.s.prompts_per_step
             prompts = self.dist.decide(functools.partial(cur.next_prompts, want))
             if not prompts:
                 p.exhausted = True
                 break
             stats.update(self._engine_current(timing))
-            seeds = prompt_seeds(self._run_seed(), t, 0, len(prompts))
+            seeds = prompt_seeds(self.s.seed, t, 0, len(prompts))
             p.submit(Pending(t, p.engine_version, list(prompts), seeds), self._generate_share)
             t += 1
 

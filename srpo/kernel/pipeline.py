@@ -56,11 +56,11 @@ class Pending:
 class RolloutPipeline:
     """The generation thread, the generations submitted ahead, and the engine's version."""
 
-    def __init__(self, max_staleness: int, engine_version: int = 0) -> None:
+    def __init__(self, max_staleness: int) -> None:
         self.max_staleness = max_staleness
         self.pending: dict[int, Pending] = {}
         self.exhausted = False  # the curriculum said the epoch has no more prompts
-        self.engine_version = engine_version
+        self.engine_version = 0  # updates applied to the engine's weights (the kernel sets it)
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._jobs = 0  # jobs submitted and not finished
@@ -73,12 +73,12 @@ class RolloutPipeline:
     def submit(
         self, pending: Pending, generate: Callable[[list[Prompt], list[int]], RolloutBatch]
     ) -> None:
-        """Queue ``pending``'s generation (FIFO, one at a time) with the engine's weights."""
+        """Queue ``pending``'s generation (FIFO, one at a time); ``pending.version`` is the
+        engine's version now (the caller pushed it current)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="srpo-generate")
         with self._lock:
             self._jobs += 1
-        pending.version = self.engine_version
         pending.future = self._executor.submit(self._run, generate, pending)
         self.pending[pending.step] = pending
 
