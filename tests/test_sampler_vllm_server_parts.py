@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from multiprocessing.connection import Pipe
+from multiprocessing.connection import Listener, Pipe
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -244,6 +244,29 @@ def test_a_server_that_does_not_start_in_time_is_killed_with_one_line(tmp_path: 
     )
     assert time.monotonic() - t < 30
     assert children() == []
+
+
+def test_a_server_that_connects_but_never_starts_its_engine_is_a_start_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The deadline can pass after the connection is made, while the engine loads: that is
+    still "did not start", not "closed the connection" (TimeoutError is an OSError)."""
+    monkeypatch.setenv(KEY_ENV, "k")
+    listener = Listener(str(tmp_path / "slow.sock"), authkey=b"k")
+    held: list = []
+    accepting = threading.Thread(target=lambda: held.append(listener.accept()), daemon=True)
+    accepting.start()
+    try:
+        with pytest.raises(PluginError) as e:
+            start(tmp_path, url=f"unix:{tmp_path}/slow.sock", startup_timeout_s=0.5)
+        assert str(e.value) == (
+            "sampler vllm: the engine server did not start within 0.5 s (startup_timeout_s)"
+        )
+    finally:
+        accepting.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()
 
 
 def test_attaching_needs_a_key_and_a_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

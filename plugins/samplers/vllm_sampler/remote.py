@@ -156,13 +156,13 @@ class RemoteEngine:
             return await_reply(self.conn, self._ended, timeout_s)
         except RemoteError as e:
             raise PluginError(f"sampler vllm: {self.where}: {e}") from None
-        except (ServerGone, OSError) as e:
-            raise self._gone(one_line(e)) from None
-        except TimeoutError:
+        except TimeoutError:  # before OSError, of which it is a subclass
             if op == "start":
                 raise self._start_timeout() from None
             self.broken = True
             raise PluginError(f"sampler vllm: {op} timed out") from None
+        except (ServerGone, OSError) as e:
+            raise self._gone(one_line(e)) from None
         except BaseException:  # interrupted mid-request: the reply is still on its way
             self.broken = True
             raise
