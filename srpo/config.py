@@ -122,8 +122,17 @@ class PolicySection(_Strict):
     reference_path: Path | None = Field(
         None, description="KL reference model directory (default: the initial policy)"
     )  # KL reference; default: the initial policy
-    gradient_checkpointing: bool = Field(
-        False, description="recompute activations in backward (transformers' own): less memory"
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        description="recompute each layer's activations in backward (transformers' own, ~+30% "
+        "compute): true, false, or auto: for the passes whose estimated activations exceed "
+        "activation_memory_gb",
+    )
+    activation_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="activations one forward/backward pass may keep before gradient_checkpointing "
+        "auto recomputes them; none: half the memory available when the update begins",
     )
     fused_logprobs: bool = Field(
         True,

@@ -11,8 +11,11 @@ at the cost of two small file operations per update. Elsewhere it is the lifetim
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import resource
 import sys
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -55,3 +58,35 @@ class PeakMemory:
             scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
             hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
         return hwm / 1e9
+
+
+@cache
+def _libc_malloc_trim() -> object | None:
+    """glibc's ``malloc_trim``, or None (musl, macOS, Windows: nothing to call)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_freed_host_memory(device: torch.device) -> None:
+    """Give the freed heap back to the OS between the step's phases (CPU runs on glibc).
+
+    torch's CPU tensors come from malloc. After the first large tensor is freed, glibc raises
+    its mmap threshold (up to 32 MB), so a pass's activations and generation's buffers come
+    from the heap afterwards, and what they free stays in the process: on the SmolLM2 example
+    at 48 tokens about 1 GB after generation and 3 GB after the update, which the next phase
+    then stacks its own peak on (benchmarks/RESULTS.md, "Where the memory goes").
+    ``malloc_trim(0)`` returns every free page, in a few milliseconds. On CUDA the host side
+    holds little and the device's caching allocator is left alone.
+    """
+    if device.type != "cpu":
+        return
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)  # type: ignore[operator]

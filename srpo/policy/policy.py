@@ -36,6 +36,7 @@ from srpo.policy.logprobs import FusableHeads, fused_forward, response_logprobs
 from srpo.policy.optimizer import make_optimizer
 from srpo.policy.packing import packed_response_logprobs, register_packed_forward
 from srpo.policy.prompts import encode_prompt
+from srpo.policy.recompute import ActivationRecompute
 from srpo.policy.update import PolicyUpdate
 from srpo.types import RolloutBatch
 
@@ -60,10 +61,13 @@ class Policy(PolicyUpdate, PolicyCheckpointIO):
         self.model, self.tokenizer = load_model_dir(model_dir, cfg.dtype)
         self.model.to(self.device)
         self.model.config.use_cache = True
-        if cfg.gradient_checkpointing:  # transformers' own; off during generation (eval mode)
-            self.model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
+        # transformers' checkpointing, switched per pass (off during generation: eval mode)
+        try:
+            self.recompute = ActivationRecompute(
+                self.model, cfg.gradient_checkpointing, cfg.activation_memory_gb
             )
+        except ValueError as e:
+            raise SrpoError(f"policy.gradient_checkpointing: {e}") from None
         if isinstance(cfg.chat_template, str):  # saved with every checkpoint's tokenizer
             self.tokenizer.chat_template = cfg.chat_template
         self.use_chat_template = (

@@ -24,7 +24,7 @@ from srpo.config import PolicySection
 from srpo.distributed import Dist
 from srpo.distributed.fsdp import is_sharded
 from srpo.ops import advantage_pass
-from srpo.policy.memory import PeakMemory
+from srpo.policy.memory import PeakMemory, release_freed_host_memory
 from srpo.policy.microbatch import (
     budget_micro_batches,
     count_micro_batches,
@@ -35,6 +35,7 @@ from srpo.policy.microbatch import (
 )
 from srpo.policy.optimizer import clip_and_step
 from srpo.policy.packing import token_slots
+from srpo.policy.recompute import ActivationRecompute
 from srpo.policy.update_stats import UpdateStats, flat_micro_stats
 from srpo.types import RolloutBatch, Scores
 
@@ -63,6 +64,7 @@ class PolicyUpdate:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss_fn: Callable[..., Any]
     loss_config: LossConfig
+    recompute: ActivationRecompute
 
     def update(
         self, batch: RolloutBatch, scores: Scores, loss_mask: torch.Tensor | None = None
@@ -78,7 +80,9 @@ class PolicyUpdate:
             return {}
         if not batch.temperature > 0:
             raise ValueError("cannot train on greedy rollouts (RolloutBatch.temperature is 0)")
+        release_freed_host_memory(self.device)  # what generation freed, before the peak
         peak = PeakMemory(self.device)
+        self.recompute.begin_update(self.device)
         self.model.train()
         mask = batch.response_mask if loss_mask is None else loss_mask
         lengths = row_tokens(batch)
@@ -107,9 +111,12 @@ class PolicyUpdate:
         metrics["skipped_token_frac"] = skipped / max(metrics.get("tokens", 0.0), 1.0)
         slots, real = metrics.pop("token_slots", 0.0), metrics.pop("real_tokens", 0.0)
         metrics["update/pad_frac"] = slots / real - 1.0 if real else 0.0
+        passes = metrics.pop("passes", 0.0)
+        metrics["memory/recompute_frac"] = metrics.pop("recomputed", 0.0) / max(passes, 1.0)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics["memory/update_peak_gb"] = peak.read_gb()  # machine-dependent, like time/*
         self.model.eval()
+        release_freed_host_memory(self.device)  # the passes' activations, before generation
         return metrics
 
     # -- planning --------------------------------------------------------------------------
@@ -204,9 +211,11 @@ class PolicyUpdate:
                 stats.add(flat_micro_stats(m_host), tokens)
                 stats.add({"skipped_tokens": float(m_host.sum())}, 0.0)
                 continue
+            layout = self._layout(batch, rows)
+            recomputed = self.recompute.use_for(int(layout["token_slots"]))
             micro_stats = self._micro_step(batch, scores, rows, m_host, plan, old_logp, ref_logp)
             stats.add(micro_stats, tokens)
-            stats.add(self._layout(batch, rows), 0.0)
+            stats.add({**layout, "passes": 1.0, "recomputed": float(recomputed)}, 0.0)
         for _ in range(runs - will_run):
             self._idle_micro_step(batch)
         if runs == 0:  # what backward of an all-zero loss leaves: zero gradients, still a step
@@ -281,6 +290,7 @@ class PolicyUpdate:
     def _idle_micro_step(self, batch: RolloutBatch) -> None:
         """A forward/backward that changes no gradient, so this rank joins FSDP's
         collectives of a micro-batch it does not have (one row, loss times zero)."""
+        self.recompute.use_for(token_slots(batch, torch.tensor([0])).padded)
         logp, _ = self.response_logprobs(self.model, batch, torch.tensor([0]))
         (logp.sum() * 0.0).backward()
 

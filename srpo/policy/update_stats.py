@@ -20,7 +20,16 @@ class UpdateStats:
     reach the host once, at the end (a float() per micro-batch would stall a GPU's queue).
     Counts are summed; everything else is weighted by the micro-batch's tokens."""
 
-    SUMMED = ("tokens", "sequences", "skipped_tokens", "loss_sum", "token_slots", "real_tokens")
+    SUMMED = (
+        "tokens",
+        "sequences",
+        "skipped_tokens",
+        "loss_sum",
+        "token_slots",
+        "real_tokens",
+        "passes",
+        "recomputed",
+    )
 
     def __init__(self) -> None:
         self.sums: dict[str, Any] = {}
