@@ -148,6 +148,14 @@ class PolicySection(_Strict):
         default_factory=OptimizerSection, description="AdamW and its learning-rate schedule"
     )
 
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _checkpointing_choice(cls, value: Any) -> Any:
+        """One message for the union (pydantic would name only its bool branch)."""
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ValueError(f"true, false or auto (got {value!r})")
+
 
 class AlgorithmSection(_Strict):
     """The loss and its shaping. ``advantage``, ``policy_loss``, ``kl_estimator`` and

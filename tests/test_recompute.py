@@ -101,3 +101,14 @@ def test_forcing_it_on_a_model_without_checkpointing_is_a_one_line_error():
     with pytest.raises(ValueError, match="does not support gradient checkpointing"):
         ActivationRecompute(model, True, None)
     assert ActivationRecompute(model, "auto", None).use_for(10**9) is False
+
+
+def test_the_setting_takes_true_false_or_auto_and_says_so():
+    from pydantic import ValidationError
+
+    from srpo.config import PolicySection
+
+    for value in (True, False, "auto"):
+        assert PolicySection(path="m", gradient_checkpointing=value).gradient_checkpointing == value
+    with pytest.raises(ValidationError, match=r"true, false or auto \(got 'maybe'\)"):
+        PolicySection(path="m", gradient_checkpointing="maybe")
