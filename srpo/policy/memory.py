@@ -24,14 +24,20 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 
 
-def _vm_hwm_bytes() -> int | None:
+def proc_kib_field(path: Path, key: str) -> int | None:
+    """A ``Key:   N kB`` line of a /proc file (status, meminfo) in bytes; None where the file
+    or the key is missing (not Linux)."""
     try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+        for line in path.read_text().splitlines():
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
+
+
+def _vm_hwm_bytes() -> int | None:
+    return proc_kib_field(_STATUS, "VmHWM")
 
 
 class PeakMemory:

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from srpo.policy.memory import proc_kib_field
+
 _MEMINFO = Path("/proc/meminfo")
 
 
@@ -50,13 +52,7 @@ def available_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        for line in _MEMINFO.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return proc_kib_field(_MEMINFO, "MemAvailable")
 
 
 def _layers(model: Any) -> list[Any]:
