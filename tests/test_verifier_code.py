@@ -218,6 +218,7 @@ def view():
         "env": sorted(os.environ),
         "forks": forks,
         "usr_writable": os.access("/usr", os.W_OK),
+        "repo_visible": os.path.exists(REPO_PROBE),
     }
 """
 
@@ -227,13 +228,18 @@ def test_sandbox_view():
     """What a program sees under bwrap: no host dirs, loopback only, clean env, NPROC."""
     backend = make_backend("bwrap", Limits(processes=8), sys.executable, 1, 1_500_060_000)
     try:
-        res = backend.run(Job("calls", VIEW, [{"src": "view()", "env": encode({})}]))
+        view = f"REPO_PROBE = {str(Path(__file__).resolve().parents[1] / 'pyproject.toml')!r}\n"
+        res = backend.run(Job("calls", view + VIEW, [{"src": "view()", "env": encode({})}]))
         frame = next(f for f in res.frames if f.get("i") == 0)
         got = decode(frame["value"])
     finally:
         backend.close()
     assert got["ifaces"] == ["lo"]
-    assert "work" not in got["root"] and "home" not in got["root"]
+    # the interpreter's prefix is bound in (under the checkout when its venv lives there),
+    # nothing else of the host: not the project's files, not /home
+    assert not got["repo_visible"] and "home" not in got["root"]
+    if not Path(sys.prefix).resolve().is_relative_to("/work"):
+        assert "work" not in got["root"]
     assert not [k for k in got["env"] if "SECRET" in k or k.startswith("SRPO")]
     assert not got["usr_writable"]
     if os.geteuid() == 0:

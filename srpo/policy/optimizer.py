@@ -64,7 +64,8 @@ def clip_and_step(
     grad_clip: float | None,
 ) -> float:
     """Clip the accumulated gradient (if ``grad_clip``), step unless its norm is not finite
-    (the weights stay as they were), advance the schedule; returns the gradient norm."""
+    (the weights stay as they were), free the gradient, advance the schedule; returns the
+    gradient norm."""
     params = [p for p in model.parameters() if p.grad is not None]
     if grad_clip is not None:
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -73,9 +74,10 @@ def clip_and_step(
             torch.stack([_full(torch.linalg.vector_norm(p.grad)) for p in params])
         )
     norm = _full(norm)  # a sharded model's norm is a DTensor: the global value
-    if not torch.isfinite(norm):
-        optimizer.zero_grad(set_to_none=True)  # skip a poisoned step, keep weights
-    else:
+    if torch.isfinite(norm):  # else skip a poisoned step, keep weights
         optimizer.step()
+    # the gradient is spent: freed now rather than when the next mini-batch starts, so
+    # generation and the next step's no-grad passes do not carry a model's worth of it
+    optimizer.zero_grad(set_to_none=True)
     scheduler.step()
     return float(norm)

@@ -113,6 +113,7 @@ class PolicyUpdate:
         metrics["update/pad_frac"] = slots / real - 1.0 if real else 0.0
         passes = metrics.pop("passes", 0.0)
         metrics["memory/recompute_frac"] = metrics.pop("recomputed", 0.0) / max(passes, 1.0)
+        metrics["memory/selective_frac"] = metrics.pop("selective", 0.0) / max(passes, 1.0)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics["memory/update_peak_gb"] = peak.read_gb()  # machine-dependent, like time/*
         self.model.eval()
@@ -212,10 +213,14 @@ class PolicyUpdate:
                 stats.add({"skipped_tokens": float(m_host.sum())}, 0.0)
                 continue
             layout = self._layout(batch, rows)
-            recomputed = self.recompute.use_for(int(layout["token_slots"]))
+            level = self.recompute.use_for(int(layout["token_slots"]))
             micro_stats = self._micro_step(batch, scores, rows, m_host, plan, old_logp, ref_logp)
             stats.add(micro_stats, tokens)
-            stats.add({**layout, "passes": 1.0, "recomputed": float(recomputed)}, 0.0)
+            recompute = {
+                "recomputed": float(level == "full"),
+                "selective": float(level == "selective"),
+            }
+            stats.add({**layout, "passes": 1.0, **recompute}, 0.0)
         for _ in range(runs - will_run):
             self._idle_micro_step(batch)
         if runs == 0:  # what backward of an all-zero loss leaves: zero gradients, still a step

@@ -29,6 +29,7 @@ class UpdateStats:
         "real_tokens",
         "passes",
         "recomputed",
+        "selective",
     )
 
     def __init__(self) -> None:
