@@ -81,7 +81,9 @@ def available_bytes(device: torch.device) -> int | None:
 
 def _saved_ops() -> frozenset[Any]:
     """The ops whose outputs selective recompute keeps: matrix multiplies and attention
-    kernels (whichever this torch build and flash-attn install have)."""
+    kernels (whichever this torch build and flash-attn install have). A kernel that does not
+    go through torch's dispatcher (flash-attn before it registered its kernels as torch ops)
+    is not seen by the policy: it runs again in backward, correct but slower."""
     names = [
         ("aten", "mm"),
         ("aten", "addmm"),
@@ -140,9 +142,10 @@ class ActivationRecompute:
                     "(set policy.gradient_checkpointing: false)"
                 )
             return  # auto: nothing to switch
+        from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
         self._selective = functools.partial(
-            torch.utils.checkpoint.create_selective_checkpoint_contexts,
-            _selective_policy(_saved_ops()),
+            create_selective_checkpoint_contexts, _selective_policy(_saved_ops())
         )
         # transformers sets the checkpoint function on every layer (non-reentrant: exact, no
         # inputs that must require grad); each call asks _contexts which level the pass is at
