@@ -41,9 +41,6 @@ from srpo.policy.memory import proc_kib_field
 
 _MEMINFO = Path("/proc/meminfo")
 
-#: Levels from the lightest on compute to the lightest on memory.
-LEVELS = ("none", "selective", "full")
-
 
 def _shape(config: Any) -> tuple[int, int, int, int]:
     """hidden, layers, MLP width and key/value width of a decoder config."""
@@ -153,10 +150,8 @@ class ActivationRecompute:
             gradient_checkpointing_kwargs={"use_reentrant": False, "context_fn": self._contexts}
         )
         self.layers = _layers(model)
-        self.level = "full"
-        self._switch("selective" if setting == "selective" else "full")
-        if setting == "auto":
-            self._switch("none")
+        self.level = "full"  # what gradient_checkpointing_enable left on every layer
+        self._switch({"auto": "none", "selective": "selective"}.get(setting, "full"))
 
     def _contexts(self) -> tuple[Any, Any]:
         """The forward/recompute contexts of one checkpointed layer call at this pass's level."""
