@@ -71,12 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument(
+        "--staleness",
+        type=int,
+        nargs="+",
+        default=[0, 1],
+        help="the max_staleness settings to run per seed (default 0 1); with --steps, e.g. a "
+        "staleness-1 run to the step count the synchronous run reaches in the same time",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "staleness-smollm2")
     ap.add_argument("--json", type=Path, default=None, help="write every run's figures here")
     a = ap.parse_args(argv)
     results = []
     for seed in a.seeds:
-        for k in (0, 1):
+        for k in a.staleness:
             r = one_run(a.out / f"s{seed}-k{k}", seed, k, a.steps)
             results.append(r)
             print(
@@ -87,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             if a.json:
                 a.json.write_text(json.dumps(results, indent=2) + "\n")
-    for k in (0, 1):
+    for k in a.staleness:
         mine = [r for r in results if r["max_staleness"] == k]
         print(
             f"max_staleness {k}: {statistics.mean(r['steps_per_hour'] for r in mine):.1f} steps/h, "

@@ -30,7 +30,7 @@ namespace srpo {
 
 // Bump when the op schema or the semantics change: srpo.ops refuses a stale prebuilt module
 // (srpo/ops/_loader.py ABI_VERSION).
-constexpr int64_t kGrpoAbiVersion = 6;
+constexpr int64_t kGrpoAbiVersion = 7;
 
 enum GrpoDType : int32_t { kF32 = 0, kF64 = 1, kBF16 = 2 };
 enum GrpoKL : int32_t { kKLNone = 0, kK1 = 1, kK2 = 2, kK3 = 3 };  // kKLNone: no ref_logp

@@ -4,6 +4,8 @@
 //   linear_logprob_fwd  -> (logp [N], entropy [N] or [0], lse [2, N])
 //                          (lse: the running max m and log s, apart, saved for backward)
 //   linear_logprob_bwd  -> (grad_hidden [N, H] or [0], grad_weight [V, H] or [0])
+//   linear_logprob_bwd_into -> grad_hidden [N, H] or [0]; the weight gradient added in place
+//                          into its grad_weight argument (a parameter's .grad)
 //
 // The driver is device-agnostic: ATen mm into one reused [chunk_n, chunk_v] block, then the
 // device's block kernel (Kernels::fwd / Kernels::bwd). Extra memory: the block, the float32
@@ -188,7 +190,8 @@ std::tuple<Tensor, Tensor, Tensor> linear_logprob_fwd(const Tensor& hidden, cons
 
 template <typename Kernels, typename S>
 void bwd_chunks(const Tensor& h, const Tensor& weight, const Tensor& tg, const Tensor& lse,
-                const Tensor& g, S inv_t, Chunks c, const Tensor& flat, Tensor& gh, Tensor& gw) {
+                const Tensor& g, S inv_t, Chunks c, const Tensor& flat, Tensor& gh, Tensor& gw,
+                bool accumulate) {
   const int64_t n = h.size(0), v = weight.size(0);
   const auto ct = h.scalar_type();
   const bool gw_direct = gw.defined() && gw.scalar_type() == ct;  // else via a float32 chunk
@@ -208,12 +211,16 @@ void bwd_chunks(const Tensor& h, const Tensor& weight, const Tensor& tg, const T
                                g.const_data_ptr<S>() + n0, inv_t);
       if (gh.defined()) gh.narrow(0, n0, nc).addmm_(blk, wc);
       if (!gw.defined()) continue;
-      if (n0 == 0)
+      if (n0 == 0 && !(accumulate && gw_direct))
         at::mm_out(gwc, blk.t(), hc);
       else
         gwc.addmm_(blk.t(), hc);
     }
-    if (gw.defined() && !gw_direct) gw.narrow(0, v0, vc).copy_(gwc);
+    if (!gw.defined() || gw_direct) continue;
+    if (accumulate)
+      gw.narrow(0, v0, vc).add_(gwc);
+    else
+      gw.narrow(0, v0, vc).copy_(gwc);
   }
 }
 
@@ -247,12 +254,51 @@ std::tuple<Tensor, Tensor> linear_logprob_bwd(const Tensor& grad_logp, const Ten
     const Tensor flat = at::empty({c.n * c.v}, opts);
     AT_DISPATCH_FLOATING_TYPES(ct, "linear_logprob_bwd", [&] {
       bwd_chunks<Kernels, scalar_t>(h, weight, tg, l, g, static_cast<scalar_t>(1.0 / temperature),
-                                    c, flat, gh, gw);
+                                    c, flat, gh, gw, /*accumulate=*/false);
     });
   }
   Tensor grad_hidden = need_hidden ? gh.to(hidden.scalar_type()) : at::empty({0}, opts);
   Tensor grad_weight = need_weight ? gw : at::empty({0}, opts);
   return {grad_hidden, grad_weight};
+}
+
+// The same backward with the weight gradient added into `grad_weight` (a parameter's .grad)
+// inside the GEMMs instead of returned: no [V, H] temporary, and for a tied LM head nothing
+// [V, H] held by autograd from the head's backward (the first) to the embedding's (the last).
+// Megatron's gradient-accumulation fusion, for the one weight whose gradient is vocabulary-sized.
+template <typename Kernels>
+Tensor linear_logprob_bwd_into(const Tensor& grad_logp, const Tensor& hidden, const Tensor& weight,
+                               const Tensor& targets, const Tensor& lse, Tensor grad_weight,
+                               double temperature, bool need_hidden, int64_t chunk_n,
+                               int64_t chunk_v) {
+  check_inputs(hidden, weight, targets, temperature);
+  [[maybe_unused]] const auto device_guard = Kernels::guard(hidden);
+  const int64_t n = hidden.size(0), v = weight.size(0), hd = hidden.size(1);
+  TORCH_CHECK_VALUE(grad_logp.dim() == 1 && grad_logp.size(0) == n && lse.dim() == 2 &&
+                        lse.size(0) == 2 && lse.size(1) == n,
+                    "srpo::linear_logprob_bwd_into: grad_logp must be [N] and lse [2, N]");
+  TORCH_CHECK_VALUE(grad_weight.sizes() == weight.sizes() &&
+                        grad_weight.scalar_type() == weight.scalar_type() &&
+                        grad_weight.device() == weight.device() && grad_weight.is_contiguous(),
+                    "srpo::linear_logprob_bwd_into: grad_weight must be a contiguous tensor of "
+                    "the weight's shape, dtype and device, got ",
+                    grad_weight.sizes(), " ", grad_weight.scalar_type());
+  const auto ct = compute_type(hidden);
+  const auto opts = hidden.options().dtype(ct);
+  Tensor gh = need_hidden ? at::zeros({n, hd}, opts) : Tensor();
+  if (n > 0) {
+    const Chunks c = pick_chunks(n, v, chunk_n, chunk_v);
+    const Tensor h = hidden.to(ct).contiguous();
+    const Tensor tg = targets.to(at::kLong).contiguous();
+    const Tensor l = lse.to(ct).contiguous();
+    const Tensor g = grad_logp.to(ct).contiguous();
+    const Tensor flat = at::empty({c.n * c.v}, opts);
+    AT_DISPATCH_FLOATING_TYPES(ct, "linear_logprob_bwd_into", [&] {
+      bwd_chunks<Kernels, scalar_t>(h, weight, tg, l, g, static_cast<scalar_t>(1.0 / temperature),
+                                    c, flat, gh, grad_weight, /*accumulate=*/true);
+    });
+  }
+  return need_hidden ? gh.to(hidden.scalar_type()) : at::empty({0}, opts);
 }
 
 }  // namespace
@@ -273,16 +319,22 @@ SRPO_LLP_FRAGMENT(SRPO_OP_NAMESPACE, m) {
       "linear_logprob_bwd(Tensor grad_logp, Tensor hidden, Tensor weight, Tensor targets, "
       "Tensor lse, float temperature=1.0, bool need_hidden=True, bool need_weight=True, "
       "int chunk_n=0, int chunk_v=0) -> (Tensor grad_hidden, Tensor grad_weight)");
+  m.def(
+      "linear_logprob_bwd_into(Tensor grad_logp, Tensor hidden, Tensor weight, Tensor targets, "
+      "Tensor lse, Tensor(a!) grad_weight, float temperature=1.0, bool need_hidden=True, "
+      "int chunk_n=0, int chunk_v=0) -> Tensor grad_hidden");
 }
 
 SRPO_LLP_IMPL(SRPO_OP_NAMESPACE, CPU, m) {
   m.impl("linear_logprob_fwd", &srpo::linear_logprob_fwd<srpo::CpuKernels>);
   m.impl("linear_logprob_bwd", &srpo::linear_logprob_bwd<srpo::CpuKernels>);
+  m.impl("linear_logprob_bwd_into", &srpo::linear_logprob_bwd_into<srpo::CpuKernels>);
 }
 
 #if defined(SRPO_WITH_CUDA)
 SRPO_LLP_IMPL(SRPO_OP_NAMESPACE, CUDA, m) {
   m.impl("linear_logprob_fwd", &srpo::linear_logprob_fwd<srpo::CudaKernels>);
   m.impl("linear_logprob_bwd", &srpo::linear_logprob_bwd<srpo::CudaKernels>);
+  m.impl("linear_logprob_bwd_into", &srpo::linear_logprob_bwd_into<srpo::CudaKernels>);
 }
 #endif

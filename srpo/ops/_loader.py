@@ -26,7 +26,7 @@ import torch
 
 from srpo.ops._autograd import register as register_autograd
 
-ABI_VERSION = 6  # csrc/grpo.h kGrpoAbiVersion
+ABI_VERSION = 7  # csrc/grpo.h kGrpoAbiVersion
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 JIT_NAME = "srpo_ops_jit"
 

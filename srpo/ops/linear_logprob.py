@@ -125,11 +125,90 @@ def _make_backward(ns: str) -> Any:
     return _backward
 
 
+def _fake_bwd_into(
+    grad_logp: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    lse: torch.Tensor,
+    grad_weight: torch.Tensor,
+    temperature: float = 1.0,
+    need_hidden: bool = True,
+    chunk_n: int = 0,
+    chunk_v: int = 0,
+) -> torch.Tensor:
+    return torch.empty_like(hidden) if need_hidden else hidden.new_empty((0,))
+
+
+class _IntoWeightGrad(torch.autograd.Function):
+    """The fused head whose weight gradient goes straight into ``weight.grad``.
+
+    Autograd would return the head's [V, H] weight gradient, and for an LM head tied to the
+    input embedding it keeps that tensor in the shared weight's input buffer from the head's
+    backward (the first op of the backward) until the embedding's (the last) so it can add the
+    two: a vocabulary-sized tensor live through the whole backward of every micro-batch (113 MB
+    for SmolLM2, 0.9 GB for a 1.5B model with a 151k vocabulary). Here the backward adds the
+    head's share into ``.grad`` inside its own GEMMs (``linear_logprob_bwd_into``; when
+    ``.grad`` is still None it becomes the op's fresh result) and hands autograd nothing for
+    the weight; the embedding's share is then added by autograd's usual accumulation. Only
+    for a leaf weight whose gradient is consumed from ``.grad`` (``loss.backward()``), never
+    for ``torch.autograd.grad``, which reads gradients from the graph and would not see it.
+    Summation order: the first micro-batch of a step is bit-identical to the autograd path
+    (head + embedding, then stored); later ones add the head's and the embedding's shares to
+    the running gradient one after the other instead of their sum, a float rounding
+    difference.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        temperature: float,
+        with_entropy: bool,
+        chunk_n: int,
+        chunk_v: int,
+        ns: str,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ops = getattr(torch.ops, ns)
+        logp, entropy, lse = ops.linear_logprob_fwd(
+            hidden, weight, targets, float(temperature), bool(with_entropy), chunk_n, chunk_v
+        )
+        ctx.mark_non_differentiable(entropy)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.param = weight  # the Parameter itself: its .grad is written in backward
+        ctx.options = (float(temperature), int(chunk_n), int(chunk_v), ns)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx: Any, g_logp: torch.Tensor | None, *_unused: Any) -> tuple[Any, ...]:
+        if g_logp is None:
+            return (None,) * 8
+        hidden, weight, targets, lse = ctx.saved_tensors
+        temperature, chunk_n, chunk_v, ns = ctx.options
+        ops = getattr(torch.ops, ns)
+        param, need_h = ctx.param, ctx.needs_input_grad[0]
+        if param.grad is None:
+            gh, gw = ops.linear_logprob_bwd(
+                g_logp, hidden, weight, targets, lse, temperature, need_h, True, chunk_n, chunk_v
+            )
+            param.grad = gw
+        else:
+            gh = ops.linear_logprob_bwd_into(
+                g_logp, hidden, weight, targets, lse, param.grad, temperature, need_h,
+                chunk_n, chunk_v,
+            )  # fmt: skip
+        return (gh if need_h else None,) + (None,) * 7
+
+
 def _register(ns: str) -> None:
     if ns in _registered:
         return
     torch.library.register_fake(f"{ns}::linear_logprob_fwd", _fake_fwd)
     torch.library.register_fake(f"{ns}::linear_logprob_bwd", _fake_bwd)
+    torch.library.register_fake(f"{ns}::linear_logprob_bwd_into", _fake_bwd_into)
     torch.library.register_autograd(
         f"{ns}::linear_logprob_fwd", _make_backward(ns), setup_context=_setup_context
     )
@@ -141,8 +220,8 @@ def _compiled_namespace(device: torch.device) -> tuple[str | None, str]:
     ns = _loader.ensure_loaded()
     if ns is None:
         return None, "; ".join(_loader.state().errors)
-    if not hasattr(getattr(torch.ops, ns), "linear_logprob_fwd"):
-        return None, f"{ns} has no linear_logprob_fwd (stale build: reinstall the package)"
+    if not hasattr(getattr(torch.ops, ns), "linear_logprob_bwd_into"):
+        return None, f"{ns} has no linear_logprob_bwd_into (stale build: reinstall the package)"
     if device.type == "cuda" and not _loader.state().cuda_kernels:
         return None, "no compiled kernels for cuda"
     if device.type not in ("cpu", "cuda"):
@@ -164,6 +243,7 @@ def linear_logprobs(
     backend: str = "auto",
     chunk_n: int = 0,
     chunk_v: int = 0,
+    into_weight_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of ``targets`` under ``softmax(hidden @ weight.T / temperature)``, and entropy.
 
@@ -171,6 +251,10 @@ def linear_logprobs(
     embedding), targets [N] integer in [0, V). Returns ``(logp [N], entropy [N] or [0])``;
     ``logp`` is differentiable w.r.t. hidden and weight, ``entropy`` is detached.
     ``chunk_n``/``chunk_v``: block shape (0: the op's default, 2048 x 4096).
+    ``into_weight_grad``: the backward adds the weight's gradient straight into
+    ``weight.grad`` (``_IntoWeightGrad`` says why and when that is right) instead of returning
+    it through autograd; only for a leaf weight that requires grad, on the compiled backend,
+    with grad mode on (otherwise the ordinary path).
     """
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
@@ -187,6 +271,10 @@ def linear_logprobs(
             f"srpo.ops: compiled linear_logprobs unavailable ({why}); using the torch reference",
         )
         return linear_logprobs_reference(hidden, weight, targets, temperature, with_entropy)
+    if into_weight_grad and weight.is_leaf and weight.requires_grad and torch.is_grad_enabled():
+        return _IntoWeightGrad.apply(
+            hidden, weight, targets, float(temperature), bool(with_entropy), chunk_n, chunk_v, ns
+        )
     op = getattr(torch.ops, ns).linear_logprob_fwd
     logp, entropy, _lse = op(
         hidden, weight, targets, float(temperature), bool(with_entropy), chunk_n, chunk_v

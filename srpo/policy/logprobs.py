@@ -110,7 +110,9 @@ def fused_forward(
     hidden = model.get_decoder()(**inp, use_cache=False).last_hidden_state
     hidden = hidden[:, prompt_len - 1 : prompt_len - 1 + T]
     head = model.get_output_embeddings().weight
-    return linear_logprobs(hidden[real], head, targets[real], temperature, with_entropy)
+    return linear_logprobs(
+        hidden[real], head, targets[real], temperature, with_entropy, into_weight_grad=True
+    )
 
 
 def response_logprobs(

@@ -251,7 +251,7 @@ def packed_fused_forward(
     (``register_packed_forward``), gathering the LM head around it."""
     hidden = model.get_decoder()(**inp, use_cache=False).last_hidden_state[0, pred_index]
     head = model.get_output_embeddings().weight
-    return linear_logprobs(hidden, head, targets, temperature, with_entropy)
+    return linear_logprobs(hidden, head, targets, temperature, with_entropy, into_weight_grad=True)
 
 
 def register_packed_forward(model: Any) -> Any:
