@@ -199,3 +199,21 @@ def test_schema_declares_the_mutation_and_checks_its_target() -> None:
     torch.testing.assert_close(into, acc + gw, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="grad_weight must be"):
         op.linear_logprob_bwd_into(g, hidden, weight, targets, lse, acc[:, :4], 0.9, True, 4, 16)
+
+
+def test_a_grad_the_op_cannot_write_into_is_added_to() -> None:
+    """A strided ``.grad`` (a user's view into a flat buffer) still receives the head's share."""
+    _ns("cpu")
+    model = TiedLM(64, 8, F32, "cpu", tied=False)
+    batches = _micro_batches(64, [7, 9], "cpu")
+    ref = _grads(model, batches, into=False)[-1]
+    model.zero_grad(set_to_none=True)
+    ids, targets = batches[0]
+    model.loss(ids, targets, True).backward()
+    strided = torch.zeros(8, 64).t()  # [64, 8], not contiguous
+    strided.copy_(model.head.grad)
+    model.head.grad = strided
+    ids, targets = batches[1]
+    model.loss(ids, targets, True).backward()
+    assert model.head.grad.data_ptr() == strided.data_ptr()
+    torch.testing.assert_close(model.head.grad, ref["head"], rtol=1e-6, atol=1e-7)

@@ -190,14 +190,18 @@ class _IntoWeightGrad(torch.autograd.Function):
         temperature, chunk_n, chunk_v, ns = ctx.options
         ops = getattr(torch.ops, ns)
         param, need_h = ctx.param, ctx.needs_input_grad[0]
-        if param.grad is None:
+        acc = param.grad
+        if acc is None or not acc.is_contiguous() or acc.dtype != weight.dtype:
             gh, gw = ops.linear_logprob_bwd(
                 g_logp, hidden, weight, targets, lse, temperature, need_h, True, chunk_n, chunk_v
             )
-            param.grad = gw
+            if acc is None:
+                param.grad = gw
+            else:  # a .grad the op cannot write into (a strided view, another dtype)
+                acc.add_(gw)
         else:
             gh = ops.linear_logprob_bwd_into(
-                g_logp, hidden, weight, targets, lse, param.grad, temperature, need_h,
+                g_logp, hidden, weight, targets, lse, acc, temperature, need_h,
                 chunk_n, chunk_v,
             )  # fmt: skip
         return (gh if need_h else None,) + (None,) * 7
