@@ -12,7 +12,9 @@ What it runs, all forward + backward, side by side in one process:
   * the fused linear log-probs (bench_linear_logprob.measure_in_process) at N=2048 tokens,
     H=896, V=151936 (Qwen2.5) and H=576, V=49152 (SmolLM2-135M) against eager
     h @ W.T -> log_softmax -> gather, with peak memory (torch.cuda.max_memory_allocated);
-  * a device-to-device copy_ of 1 GiB: the achievable bandwidth.
+  * a device-to-device copy_ of 1 GiB: the achievable bandwidth;
+  * one policy update of SmolLM2-135M on 64 long-tail rollouts (bench_long: mean 250, max
+    2,048 tokens), the padded layout from before token budgets vs packed passes.
 GB/s of the loss is its bytes (bench_loss.bytes_touched: 13 B/token in float32, 7 in bfloat16,
 +20 B/sequence) over its time, as a share of the device's HBM peak (device_peaks: vendor figures
 by device name; else memory clock x bus width from the device's properties) and of the measured
@@ -76,12 +78,15 @@ SIZES: dict[str, dict[str, Any]] = {
         "linear": {"Qwen2.5": (2048, 896, 151_936), "SmolLM2-135M": (2048, 576, 49_152)},
         "copy_bytes": 2 << 30,  # 1 GiB read + 1 GiB written
         "reps": 20,
+        # issue 24's long-tail update on SmolLM2 (its weights, built by the example's script)
+        "long": {"rollouts": 64, "mean": 250.0, "max_len": 2048, "reps": 2, "model": "smollm2"},
     },
     "cpu": {  # the command's own check: tiny, a few seconds
         "loss": [(64, 128, "all"), (128, 256, "bandwidth")],
         "linear": {"tiny-a": (64, 64, 1024), "tiny-b": (64, 32, 512)},
         "copy_bytes": 8 << 20,
         "reps": 3,
+        "long": {"rollouts": 16, "mean": 24.0, "max_len": 64, "reps": 1, "model": "tiny"},
     },
 }
 
@@ -148,6 +153,23 @@ def measure_loss(device: str, n: int, t: int, dtype: Any, which: str, reps: int)
     return r
 
 
+def measure_long(device: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """One ``Policy.update`` on long-tail rollouts (bench_long): the padded layout from before
+    token budgets vs packed token-budget passes, time and peak memory
+    (``max_memory_allocated`` on CUDA). No activation checkpointing: on a GPU both layouts
+    fit, so the memory column is what each layout's passes really keep."""
+    from benchmarks import bench_long
+
+    if spec["model"] == "tiny":  # the command's own check: the shipped tiny model
+        model_dir = HERE.parent / "examples" / "tiny" / "model"
+    else:
+        model_dir = bench_long.smollm2_dir()
+    return bench_long.measure(
+        spec["rollouts"], spec["mean"], spec["max_len"], spec["reps"], device,
+        layouts=("before", "packed"), model_dir=model_dir,
+    )  # fmt: skip
+
+
 def run_all(device: str, reps: int | None = None) -> dict[str, Any]:
     """Every benchmark; a failing one is recorded (``error``) and the others still run."""
     import torch
@@ -193,6 +215,7 @@ def run_all(device: str, reps: int | None = None) -> dict[str, Any]:
     ]
     for r, label in zip(out["linear"], size["linear"], strict=True):
         r["shape"] = label
+    out["long"] = attempt("long-answer update", lambda: measure_long(device, size["long"]))
     out["env"]["backend"] = ops.active_backend()
     return out
 
@@ -352,9 +375,32 @@ def render(res: dict[str, Any]) -> str:
         "\nGEMM TFLOP/s counts executed GEMMs (eager 3, fused 4: its backward recomputes the "
         "logits). Peak extra memory includes the gradients of hidden and weight."
     )
+    lines += _render_long(res.get("long"))
     if res["errors"]:
         lines.append("\nFailed: " + "; ".join(res["errors"]))
     return "\n".join(lines)
+
+
+def _render_long(r: dict[str, Any] | None) -> list[str]:
+    if r is None:
+        return []
+    lines = ["\n### Long answers: one update, padded vs packed (`bench_long`)\n"]
+    if "error" in r:
+        return [*lines, f"**failed**: {r['error']}"]
+    lines += [
+        f"{r['rollouts']} rollouts, response lengths log-normal mean {r['mean']:.0f}, max "
+        f"{r['max_len']} ({r['real_tokens']} real tokens with the prompts), best of {r['reps']}, "
+        "no activation checkpointing.\n",
+        "| layout | update (s) | × before | peak memory (GB) | slots ÷ tokens | loss | grad norm |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in r["layouts"].items():
+        lines.append(
+            f"| {name} | {row['time_s']:.3f} | {row.get('speedup', 1.0):.2f}× | "
+            f"{row['peak_gb']:.2f} | {row['slots_per_token']:.2f} | {row['loss']:.6f} | "
+            f"{row['grad_norm']:.6f} |"
+        )
+    return lines
 
 
 _RATIOS = (
