@@ -224,20 +224,48 @@ void bwd_chunks(const Tensor& h, const Tensor& weight, const Tensor& tg, const T
   }
 }
 
+void check_bwd_inputs(const char* op, const Tensor& grad_logp, const Tensor& hidden,
+                      const Tensor& weight, const Tensor& targets, const Tensor& lse,
+                      double temperature) {
+  check_inputs(hidden, weight, targets, temperature);
+  const int64_t n = hidden.size(0);
+  TORCH_CHECK_VALUE(grad_logp.dim() == 1 && grad_logp.size(0) == n && lse.dim() == 2 &&
+                        lse.size(0) == 2 && lse.size(1) == n,
+                    op, ": grad_logp must be [N] and lse [2, N]");
+}
+
+// The casts and the chunk loop of both backward entry points; `gh` (compute type, zeroed) and
+// `gw` are whichever the caller wants (undefined: not computed).
+template <typename Kernels>
+void bwd_all_chunks(const Tensor& grad_logp, const Tensor& hidden, const Tensor& weight,
+                    const Tensor& targets, const Tensor& lse, double temperature, int64_t chunk_n,
+                    int64_t chunk_v, Tensor& gh, Tensor& gw, bool accumulate) {
+  const int64_t n = hidden.size(0);
+  if (n == 0 || !(gh.defined() || gw.defined())) return;
+  const auto ct = compute_type(hidden);
+  const Chunks c = pick_chunks(n, weight.size(0), chunk_n, chunk_v);
+  const Tensor h = hidden.to(ct).contiguous();
+  const Tensor tg = targets.to(at::kLong).contiguous();
+  const Tensor l = lse.to(ct).contiguous();
+  const Tensor g = grad_logp.to(ct).contiguous();
+  const Tensor flat = at::empty({c.n * c.v}, hidden.options().dtype(ct));
+  AT_DISPATCH_FLOATING_TYPES(ct, "linear_logprob_bwd", [&] {
+    bwd_chunks<Kernels, scalar_t>(h, weight, tg, l, g, static_cast<scalar_t>(1.0 / temperature),
+                                  c, flat, gh, gw, accumulate);
+  });
+}
+
 template <typename Kernels>
 std::tuple<Tensor, Tensor> linear_logprob_bwd(const Tensor& grad_logp, const Tensor& hidden,
                                               const Tensor& weight, const Tensor& targets,
                                               const Tensor& lse, double temperature,
                                               bool need_hidden, bool need_weight,
                                               int64_t chunk_n, int64_t chunk_v) {
-  check_inputs(hidden, weight, targets, temperature);
+  check_bwd_inputs("srpo::linear_logprob_bwd", grad_logp, hidden, weight, targets, lse,
+                   temperature);
   [[maybe_unused]] const auto device_guard = Kernels::guard(hidden);
   const int64_t n = hidden.size(0), v = weight.size(0), hd = hidden.size(1);
-  TORCH_CHECK_VALUE(grad_logp.dim() == 1 && grad_logp.size(0) == n && lse.dim() == 2 &&
-                        lse.size(0) == 2 && lse.size(1) == n,
-                    "srpo::linear_logprob_bwd: grad_logp must be [N] and lse [2, N]");
-  const auto ct = compute_type(hidden);
-  const auto opts = hidden.options().dtype(ct);
+  const auto opts = hidden.options().dtype(compute_type(hidden));
   // grad_hidden accumulates over vocabulary chunks: in the compute type, cast at the end.
   Tensor gh = need_hidden ? at::zeros({n, hd}, opts) : Tensor();
   // Every weight chunk is written by its first token chunk (mm_out), so no zero fill unless
@@ -245,18 +273,8 @@ std::tuple<Tensor, Tensor> linear_logprob_bwd(const Tensor& grad_logp, const Ten
   Tensor gw;
   if (need_weight)
     gw = n > 0 ? at::empty({v, hd}, weight.options()) : at::zeros({v, hd}, weight.options());
-  if (n > 0 && (need_hidden || need_weight)) {
-    const Chunks c = pick_chunks(n, v, chunk_n, chunk_v);
-    const Tensor h = hidden.to(ct).contiguous();
-    const Tensor tg = targets.to(at::kLong).contiguous();
-    const Tensor l = lse.to(ct).contiguous();
-    const Tensor g = grad_logp.to(ct).contiguous();
-    const Tensor flat = at::empty({c.n * c.v}, opts);
-    AT_DISPATCH_FLOATING_TYPES(ct, "linear_logprob_bwd", [&] {
-      bwd_chunks<Kernels, scalar_t>(h, weight, tg, l, g, static_cast<scalar_t>(1.0 / temperature),
-                                    c, flat, gh, gw, /*accumulate=*/false);
-    });
-  }
+  bwd_all_chunks<Kernels>(grad_logp, hidden, weight, targets, lse, temperature, chunk_n, chunk_v,
+                          gh, gw, /*accumulate=*/false);
   Tensor grad_hidden = need_hidden ? gh.to(hidden.scalar_type()) : at::empty({0}, opts);
   Tensor grad_weight = need_weight ? gw : at::empty({0}, opts);
   return {grad_hidden, grad_weight};
@@ -271,33 +289,19 @@ Tensor linear_logprob_bwd_into(const Tensor& grad_logp, const Tensor& hidden, co
                                const Tensor& targets, const Tensor& lse, Tensor grad_weight,
                                double temperature, bool need_hidden, int64_t chunk_n,
                                int64_t chunk_v) {
-  check_inputs(hidden, weight, targets, temperature);
-  [[maybe_unused]] const auto device_guard = Kernels::guard(hidden);
-  const int64_t n = hidden.size(0), v = weight.size(0), hd = hidden.size(1);
-  TORCH_CHECK_VALUE(grad_logp.dim() == 1 && grad_logp.size(0) == n && lse.dim() == 2 &&
-                        lse.size(0) == 2 && lse.size(1) == n,
-                    "srpo::linear_logprob_bwd_into: grad_logp must be [N] and lse [2, N]");
+  check_bwd_inputs("srpo::linear_logprob_bwd_into", grad_logp, hidden, weight, targets, lse,
+                   temperature);
   TORCH_CHECK_VALUE(grad_weight.sizes() == weight.sizes() &&
                         grad_weight.scalar_type() == weight.scalar_type() &&
                         grad_weight.device() == weight.device() && grad_weight.is_contiguous(),
                     "srpo::linear_logprob_bwd_into: grad_weight must be a contiguous tensor of "
                     "the weight's shape, dtype and device, got ",
                     grad_weight.sizes(), " ", grad_weight.scalar_type());
-  const auto ct = compute_type(hidden);
-  const auto opts = hidden.options().dtype(ct);
-  Tensor gh = need_hidden ? at::zeros({n, hd}, opts) : Tensor();
-  if (n > 0) {
-    const Chunks c = pick_chunks(n, v, chunk_n, chunk_v);
-    const Tensor h = hidden.to(ct).contiguous();
-    const Tensor tg = targets.to(at::kLong).contiguous();
-    const Tensor l = lse.to(ct).contiguous();
-    const Tensor g = grad_logp.to(ct).contiguous();
-    const Tensor flat = at::empty({c.n * c.v}, opts);
-    AT_DISPATCH_FLOATING_TYPES(ct, "linear_logprob_bwd_into", [&] {
-      bwd_chunks<Kernels, scalar_t>(h, weight, tg, l, g, static_cast<scalar_t>(1.0 / temperature),
-                                    c, flat, gh, grad_weight, /*accumulate=*/true);
-    });
-  }
+  [[maybe_unused]] const auto device_guard = Kernels::guard(hidden);
+  const auto opts = hidden.options().dtype(compute_type(hidden));
+  Tensor gh = need_hidden ? at::zeros({hidden.size(0), hidden.size(1)}, opts) : Tensor();
+  bwd_all_chunks<Kernels>(grad_logp, hidden, weight, targets, lse, temperature, chunk_n, chunk_v,
+                          gh, grad_weight, /*accumulate=*/true);
   return need_hidden ? gh.to(hidden.scalar_type()) : at::empty({0}, opts);
 }
 

@@ -15,28 +15,14 @@ import torch
 
 import srpo.ops as ops
 from srpo.ops import linear_logprobs
-
-F32, F64, BF16 = torch.float32, torch.float64, torch.bfloat16
-
-DEVICES = [
-    pytest.param("cpu", id="cpu"),
-    pytest.param(
-        "cuda",
-        id="cuda",
-        marks=[
-            pytest.mark.cuda,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-        ],
-    ),
-]
+from tests.support.ops import BF16, DEVICES, F32, F64, require_compiled
 
 
 def _ns(device: str) -> str:
+    """The compiled op's namespace (fails if it did not load; skips without CUDA kernels)."""
+    require_compiled(device)
     ns = ops._loader.ensure_loaded()
-    assert ns is not None, ops.backend_info()["errors"]
     assert hasattr(getattr(torch.ops, ns), "linear_logprob_bwd_into"), "stale build: reinstall"
-    if device == "cuda" and not ops.backend_info()["cuda_kernels"]:
-        pytest.skip("no CUDA kernels in this build")
     return ns
 
 
