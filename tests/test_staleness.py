@@ -189,3 +189,27 @@ def test_history_resampling_sees_every_rollout_of_the_epoch(workdir):
         served = first["all_correct"] + first["mixed"] + first["all_wrong"]
         assert served == 24 and first.get("unseen", 0) == 0, (k, first)
         assert first["dataset_size"] == 24 - first["dropped"], (k, first)
+
+
+def test_a_step_count_switch_keeps_its_step_at_any_staleness(workdir):
+    """``switch: after_steps`` fires in ``observe``, after a step's update; generating ahead,
+    the next step's prompts are drawn before that. The two-stage curriculum counts the
+    batches it hands out, so stage 0 has exactly ``after_steps`` steps at staleness 1 too
+    (it had one more, so stage 1 one fewer, before draws were counted), and the step rows
+    of stage 0 and 1 are the synchronous run's."""
+    layout = {}
+    for k in (0, 1):
+        cfg = config(workdir, f"ts{k}", k, steps_per_epoch=6, **{"run.max_steps": 5})
+        cfg["curriculum"] = {
+            "name": "two_stage",
+            "options": {
+                "stage1_domains": ["math"],
+                "stage2_mix": {"math": 1.0},
+                "switch": {"after_steps": 2},
+            },
+        }
+        rows = train(workdir, cfg, f"ts{k}")
+        first = next(r for r in rows if r.get("kind") == "epoch")
+        assert first["stage_switched"] == 1.0 and first["stage0_steps"] == 2.0, (k, first)
+        layout[k] = [r["epoch"] for r in steps(rows)]
+    assert layout[0] == layout[1] == [0.0, 0.0, 1.0, 1.0, 1.0], layout

@@ -40,6 +40,10 @@ Semantics (chosen here, relied on by tests):
   (``stage_switched``, ``switch_step``: stage-0 steps when the rule fired,
   ``switch/<rule>``); the reason string is ``pending``. All of it is checkpointed (the
   moving window, best and patience count too), so a resumed run switches at the same step.
+  With generation ahead (``run.max_staleness: k``) a step's prompts are drawn k steps before
+  its update: ``after_steps`` counts batches drawn, so stage 0 still has exactly that many
+  steps; ``plateau`` needs each step's metric, so stage 0 runs up to k steps past the step
+  where it fires (their batches were drawn already).
 * **Overrides.** ``stage_overrides: {0: {...}, 1: {...}}`` is free-form; ``overrides()``
   returns the current stage's dict. The kernel applies it when ``stage`` changes (at an
   epoch start) — the curriculum itself never touches other roles.
@@ -193,6 +197,7 @@ class TwoStageCurriculum(Curriculum):
         )
         self._stage = 0
         self.stage0_steps = 0
+        self.stage0_drawn = 0  # stage-0 step batches handed out (ahead of stage0_steps by k)
         self.stage0_epochs = 0
         self.pending: str | None = None  # why stage 0 ends, once a rule fired
         self.switch_epoch: int | None = None  # first epoch of stage 1
@@ -265,11 +270,13 @@ class TwoStageCurriculum(Curriculum):
 
     def next_prompts(self, n: int) -> list[Prompt]:
         if self._stage == 0:
-            if self.pending and self.options.switch.mid_epoch:
+            if self.options.switch.mid_epoch and (self.pending or self._steps_all_drawn()):
                 return []  # the switch ends this epoch here; stage 1 starts with the next
-            return [
+            got = [
                 self.pools[d].prompts[i] for d, i in (self.joint[j] for j in self.cursor.take(n))
             ]
+            self.stage0_drawn += bool(got)
+            return got
         if not self.cursors or any(c.remaining == 0 for c in self.cursors.values()):
             return []
         ratios = self._stage1_ratios()
@@ -286,6 +293,15 @@ class TwoStageCurriculum(Curriculum):
         # each domain's slots are taken at once (a selecting cursor draws them together)
         got = {d: iter(self.cursors[d].take(plan.count(d))) for d in dict.fromkeys(plan)}
         return [self.pools[d].prompts[next(got[d])] for d in plan]
+
+    def _steps_all_drawn(self) -> bool:
+        """Whether ``after_steps`` stage-0 batches were handed out already. ``observe`` fires
+        the rule after a step's update, but with generation ahead (``run.max_staleness``) the
+        next step's prompts are drawn before that: counting draws, not updates, keeps stage 0
+        at exactly ``after_steps`` steps whatever the staleness (one draw per step: this
+        curriculum never asks for a refill round)."""
+        after = self.options.switch.after_steps
+        return after is not None and self.stage0_drawn >= after
 
     def _stage1_ratios(self) -> dict[str, float]:
         """Each mixed domain's share of a stage-1 batch. ``informative`` scales the mix by the
@@ -390,6 +406,7 @@ class TwoStageCurriculum(Curriculum):
         return {
             "stage": self._stage,
             "stage0_steps": self.stage0_steps,
+            "stage0_drawn": self.stage0_drawn,
             "stage0_epochs": self.stage0_epochs,
             "pending": self.pending,
             "switch_epoch": self.switch_epoch,
@@ -411,6 +428,8 @@ class TwoStageCurriculum(Curriculum):
     def load_state_dict(self, state: StateDict) -> None:
         self._stage = int(state["stage"])
         self.stage0_steps = int(state["stage0_steps"])
+        # a checkpoint from before the field: on policy, every drawn batch was trained on
+        self.stage0_drawn = int(state.get("stage0_drawn", self.stage0_steps))
         self.stage0_epochs = int(state["stage0_epochs"])
         self.pending = state["pending"]
         self.switch_epoch = state["switch_epoch"]
