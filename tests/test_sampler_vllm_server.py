@@ -10,7 +10,8 @@ core) and kills it.
   colocated engine samples (tokens and behaviour log-probs), greedy included.
 * A push (shm, and socket) moves the server to the trainer's new weights: the probe passes,
   the rollouts change and their log-probs are the trainer's; a server left on old weights
-  fails the probe.
+  fails the probe, and (shm: through vLLM's weight-transfer calls) the engine's weight
+  version names the push it finished. A trainer gone mid-push leaves no half-loaded engine.
 * A stopped (SIGSTOP) server: the push ends in one line within ``sync_timeout_s``. A killed
   one: one line. A server started by the sampler that fails to start: one line.
 * ``srpo run`` in server mode: every push probed; the engine killed with -9 mid-run → one
@@ -39,6 +40,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (./dev installs vllm-c
 
 from srpo_plugins.samplers.vllm_sampler import VLLMSampler, VLLMSamplerOptions
 from srpo_plugins.samplers.vllm_sampler.protocol import KEY_ENV
+from srpo_plugins.samplers.vllm_sampler.weights import probe_gap
 
 from tests.test_sampler_vllm import (
     LOGP_TOL,
@@ -168,11 +170,20 @@ def test_a_push_moves_the_server_to_the_trainers_weights(
         assert s.remote is not None and s.remote.transport == transport
         train_one_step(s, policy)
         with monkeypatch.context() as m:
-            m.setattr(s.remote, "push", lambda weights: None)  # a push that never arrives
+            m.setattr(s.remote, "push", lambda weights, version: None)  # it never arrives
+            if transport == "shm":  # vLLM's control plane: the engine never finished push 1
+                with pytest.raises(PluginError) as e:
+                    s.sync(policy)
+                msg = str(e.value)
+                assert "after sync 1 the engine's weight version is" in msg and "\n" not in msg
+                m.setattr(s, "_check_version", lambda remote: None)  # the probe on its own
             with pytest.raises(PluginError) as e:
                 s.sync(policy)
-        assert "sync probe failed after sync 1" in str(e.value) and "\n" not in str(e.value)
+        assert f"sync probe failed after sync {s.syncs}" in str(e.value)
+        assert "\n" not in str(e.value)
         metrics = s.sync(policy)
+        if transport == "shm":  # finish_weight_update gave the engine the push's number
+            assert s.remote.weight_version() == str(s.syncs)
         assert metrics["sync/probe_gap"] < LOGP_TOL
         assert metrics["sync/probe_gap_max"] < 10 * LOGP_TOL
         batch = s.generate(prompts(), 4, seeds=SEEDS)
@@ -183,6 +194,32 @@ def test_a_push_moves_the_server_to_the_trainers_weights(
     rows = torch.arange(batch.num_rollouts)
     trainer, _ = policy.response_logprobs(policy.model, batch, rows)
     assert (trainer.detach() - batch.behaviour_logp).abs()[batch.response_mask].max() < LOGP_TOL
+
+
+def test_a_client_gone_in_the_middle_of_a_push_leaves_no_half_loaded_engine(
+    server: dict, policy: Policy, tmp_path: Path
+):
+    """A trainer that dies between vLLM's start_weight_update and finish_weight_update
+    leaves the model part-loaded and the worker inside an update: the server does not serve
+    that engine again. The next run attaching gets a fresh one, whose pushes and probes
+    pass (without it, that run's first push failed: vLLM 'cannot release a trainer
+    connection during a weight update')."""
+    s = attach(server, policy, tmp_path)
+    assert s.remote is not None
+    s.remote._call("wt_init", {})
+    s.remote._call("wt_start")
+    s.close()  # the connection closes mid-push, as when the trainer is killed
+    # the fresh engine holds the model's weights from disk, the policy trained ones: no
+    # probe at start; the push must then succeed and the probe after it pass
+    s = attach(server, policy, tmp_path, verify_sync="never")
+    try:
+        assert s.remote is not None and s.remote.info["pid"] == server["proc"].pid
+        s.sync(policy)
+        assert s.remote.weight_version() == str(s.syncs)
+        mean, worst = probe_gap(s.remote.prompt_logprobs, policy, s.probe)
+        assert mean < LOGP_TOL and worst < 10 * LOGP_TOL
+    finally:
+        s.close()
 
 
 def test_a_client_wanting_another_engine_gets_one_line(

@@ -20,7 +20,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 from srpo_plugins.samplers.vllm_sampler import VLLMSampler, VLLMSamplerOptions
-from srpo_plugins.samplers.vllm_sampler.process import exit_status, pin_trainer, unpin_trainer
+from srpo_plugins.samplers.vllm_sampler.process import (
+    exit_status,
+    physical_gpu,
+    pin_trainer,
+    server_gpus,
+    unpin_trainer,
+)
 from srpo_plugins.samplers.vllm_sampler.protocol import KEY_ENV, parse_address
 from srpo_plugins.samplers.vllm_sampler.transport import (
     ShmFile,
@@ -30,6 +36,7 @@ from srpo_plugins.samplers.vllm_sampler.transport import (
     send_stream,
     shm_dir,
 )
+from srpo_plugins.samplers.vllm_sampler.weight_sync import backend_for
 
 from srpo.api import PluginContext, PluginError
 
@@ -45,6 +52,9 @@ SERVER = "srpo_plugins.samplers.vllm_sampler.server"
     [
         ({"url": "127.0.0.1:1"}, "apply to mode: server only"),
         ({"cpus": [1]}, "apply to mode: server only"),
+        ({"devices": [1]}, "apply to mode: server only"),
+        ({"mode": "server", "devices": [1, 1]}, "a GPU is listed twice"),
+        ({"mode": "server", "devices": [1, 2]}, "2 GPU\\(s\\) for tensor_parallel_size 1"),
         ({"mode": "server", "url": "127.0.0.1:1", "cpus": [1]}, "pin one at url yourself"),
         ({"mode": "server", "cpus": [1, 1]}, "a core is listed twice"),
         ({"mode": "server", "cpus": []}, "at least 1 item"),
@@ -379,16 +389,43 @@ def test_a_server_exits_when_the_process_that_started_it_is_killed(tmp_path: Pat
         time.sleep(0.2)
 
 
-def test_what_server_mode_does_not_do_yet_is_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_what_server_mode_does_not_do_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Refused before anything starts, each in one line naming the option."""
     cuda = stub_policy()
-    cuda.device = torch.device("cuda")
+    cuda.device = torch.device("cuda", 0)
     ctx = PluginContext(run_dir=tmp_path, seed=0, policy=cuda)  # type: ignore[arg-type]
-    with pytest.raises(PluginError, match="mode: server is not supported on CUDA yet"):
-        VLLMSampler(VLLMSamplerOptions(mode="server"), ctx)
+    refused = [
+        ({"cpus": [0]}, "on CUDA use devices"),
+        ({"weight_transport": "shm"}, "shm is the CPU transport"),
+        ({"enable_sleep_mode": True}, "enable_sleep_mode applies to mode: colocate"),
+    ]
+    for options, message in refused:
+        with pytest.raises(PluginError, match=message):
+            VLLMSampler(VLLMSamplerOptions(mode="server", **options), ctx)
+    with pytest.raises(PluginError, match="names GPUs: the policy is on the CPU"):
+        start(tmp_path, devices=[1])
     monkeypatch.setenv("WORLD_SIZE", "2")
     for options in ({"cpus": [0]}, {"url": "unix:/tmp/x.sock"}):
         with pytest.raises(PluginError, match="with 2 ranks starts one engine server per rank"):
             start(tmp_path, **options)
+    with pytest.raises(PluginError, match="url \\(one shared server\\), cpus .* and devices"):
+        VLLMSampler(VLLMSamplerOptions(mode="server", devices=[1]), ctx)
     assert children() == []
+
+
+def test_the_weight_transfer_backend_follows_where_the_engine_runs(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """CPU: srpo_shm (ours, registered in vLLM's factory by the server). CUDA: vLLM's IPC on
+    the trainer's own GPU, its NCCL on others; a server's GPUs name the machine's GPUs, seen
+    through the trainer's CUDA_VISIBLE_DEVICES."""
+    cpu, gpu1 = torch.device("cpu"), torch.device("cuda", 1)
+    assert server_gpus(cpu, None) is None and backend_for(cpu, None) == "srpo_shm"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert server_gpus(gpu1, None) == ["1"] and backend_for(gpu1, ["1"]) == "ipc"
+    assert server_gpus(gpu1, [2, 3]) == ["2", "3"] and backend_for(gpu1, ["2", "3"]) == "nccl"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert physical_gpu(1) == "6" and server_gpus(gpu1, None) == ["6"]
+    assert backend_for(gpu1, ["6"]) == "ipc" and backend_for(gpu1, ["1"]) == "nccl"
+    with pytest.raises(PluginError, match="shares the trainer's GPU alone"):
+        backend_for(gpu1, ["6", "7"])

@@ -37,8 +37,10 @@ from srpo_plugins.samplers.vllm_sampler.engine import (
     start_engine,
     vllm_missing,
 )
+from srpo_plugins.samplers.vllm_sampler.process import server_gpus
 from srpo_plugins.samplers.vllm_sampler.protocol import parse_address
 from srpo_plugins.samplers.vllm_sampler.remote import RemoteEngine
+from srpo_plugins.samplers.vllm_sampler.weight_sync import backend_for
 from srpo_plugins.samplers.vllm_sampler.weights import (
     PROBE_TOLERANCE,
     engine_logprobs,
@@ -82,11 +84,21 @@ class VLLMSamplerOptions(SamplingOptions):
         "thread per core); the trainer's threads move to the cores left. None: no pinning, "
         "the engine runs as many threads as the trainer",
     )
+    devices: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="server mode, on CUDA: the GPUs the engine server runs on (as "
+        "nvidia-smi numbers them; tensor_parallel_size of them); weights then go by vLLM's "
+        "NCCL transfer. None: the trainer's GPU, shared (weights by CUDA IPC handles; split "
+        "it with gpu_memory_utilization)",
+    )
     weight_transport: Literal["auto", "shm", "socket"] = Field(
         "auto",
-        description="server mode: how weights reach the engine after each update: shm (one "
-        "file of the flattened weights in /dev/shm, mapped by the server), socket (streamed "
-        "over the connection: a server on another machine); auto: shm for a local server",
+        description="server mode: how weights reach the engine after each update: shm (CPU: "
+        "vLLM's weight-transfer calls, the flattened weights in one /dev/shm file mapped by "
+        "the server), socket (streamed over the connection into vLLM's reload: a server on "
+        "another machine); auto: for a local server shm on CPU and vLLM's IPC (shared GPU) or "
+        "NCCL (devices) weight transfer on CUDA, else socket",
     )
     startup_timeout_s: float = Field(
         300.0,
@@ -144,8 +156,17 @@ class VLLMSamplerOptions(SamplingOptions):
     def model_post_init(self, _context: Any) -> None:
         if isinstance(self.verify_sync, int) and self.verify_sync < 1:
             raise ValueError("verify_sync: an interval must be >= 1 (or 'every', 'never')")
-        if self.mode == "colocate" and (self.url is not None or self.cpus is not None):
-            raise ValueError("url and cpus apply to mode: server only")
+        if self.mode == "colocate" and (
+            self.url is not None or self.cpus is not None or self.devices is not None
+        ):
+            raise ValueError("url, cpus and devices apply to mode: server only")
+        if self.devices is not None and len(set(self.devices)) != len(self.devices):
+            raise ValueError("devices: a GPU is listed twice")
+        if self.devices is not None and len(self.devices) != self.tensor_parallel_size:
+            raise ValueError(
+                f"devices: {len(self.devices)} GPU(s) for tensor_parallel_size "
+                f"{self.tensor_parallel_size}: give one per tensor-parallel rank"
+            )
         if self.cpus is not None and self.url is not None:
             raise ValueError("cpus pins a server the sampler starts: pin one at url yourself")
         if self.cpus is not None and len(set(self.cpus)) != len(self.cpus):
@@ -313,7 +334,7 @@ class VLLMSampler(Sampler):
         self._wake()
         remote = self.remote
         push = (
-            (lambda: remote.push(full_weights(policy)))
+            (lambda: remote.push(lambda: full_weights(policy), self.syncs))
             if remote is not None
             else (lambda: push_weights(self.llm, policy))
         )
@@ -326,8 +347,20 @@ class VLLMSampler(Sampler):
             raise
         metrics = {"sync/push_s": time.perf_counter() - t, "sync/count": float(self.syncs)}
         if self._probe_due():
+            if remote is not None and remote.sync is not None:
+                self._check_version(remote)
             metrics.update(self._check_probe(policy, f"after sync {self.syncs}"))
         return metrics
+
+    def _check_version(self, remote: RemoteEngine) -> None:
+        """The engine's weight version is the push count (vLLM's ``finish_weight_update``
+        set it): a push that did not finish on the engine's side fails here by name."""
+        got = remote.weight_version()
+        if got != str(self.syncs):
+            raise PluginError(
+                f"sampler vllm: after sync {self.syncs} the engine's weight version is {got}: "
+                "the push did not finish on the engine's side"
+            )
 
     def _probe_due(self) -> bool:
         v = self.options.verify_sync
@@ -398,20 +431,32 @@ def _start_server(options: VLLMSamplerOptions, policy: PolicyHandle, seed: int) 
     the ranks (``url``) would need the ranks to agree on who pushes and when, which the
     sampler contract does not provide; ``cpus`` would need a split per rank: both refused.
     """
-    if policy.device.type == "cuda":
-        raise PluginError(
-            "sampler vllm: mode: server is not supported on CUDA yet (the weights would go "
-            "through vLLM's NCCL/IPC weight transfer, not written yet): use mode: colocate"
-        )
+    cuda = policy.device.type == "cuda"
     if options.enable_sleep_mode:
-        raise PluginError("sampler vllm: enable_sleep_mode needs CUDA (vLLM on CPU cannot sleep)")
+        raise PluginError(
+            "sampler vllm: enable_sleep_mode applies to mode: colocate (a server keeps its "
+            "memory; share a GPU with gpu_memory_utilization)"
+        )
+    if cuda and options.cpus is not None:
+        raise PluginError("sampler vllm: cpus pins a CPU engine server: on CUDA use devices")
+    if not cuda and options.devices is not None:
+        raise PluginError("sampler vllm: devices names GPUs: the policy is on the CPU")
+    if cuda and options.weight_transport == "shm":
+        raise PluginError(
+            "sampler vllm: weight_transport: shm is the CPU transport: on CUDA use auto "
+            "(vLLM's IPC or NCCL transfer) or socket"
+        )
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and (options.url is not None or options.cpus is not None):
+    if world > 1 and any(v is not None for v in (options.url, options.cpus, options.devices)):
         raise PluginError(
             f"sampler vllm: mode: server with {world} ranks starts one engine server per "
-            "rank: url (one shared server) and cpus (one core set) are not supported there"
+            "rank: url (one shared server), cpus (one core set) and devices (one GPU set) are "
+            "not supported there"
         )
     missing = vllm_missing()
     if missing is not None:
         raise PluginError(f"sampler vllm: {missing}")
-    return RemoteEngine(options, engine_args(options, policy, seed), torch.get_num_threads())
+    args = engine_args(options, policy, seed)
+    gpus = server_gpus(policy.device, options.devices)
+    args["weight_transfer_config"] = {"backend": backend_for(policy.device, gpus)}
+    return RemoteEngine(options, args, torch.get_num_threads(), gpus)

@@ -19,6 +19,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
+
 from srpo.api import PluginError
 
 SERVER_MODULE = "srpo_plugins.samplers.vllm_sampler.server"
@@ -36,10 +38,35 @@ def exit_status(code: int) -> str:
     return f"exited with code {code}"
 
 
+def physical_gpu(index: int) -> str:
+    """The machine's name of this process's CUDA device ``index`` (through its own
+    ``CUDA_VISIBLE_DEVICES``, which may list numbers or UUIDs), for a child's."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+    visible = [v for v in visible if v]
+    return visible[index] if index < len(visible) else str(index)
+
+
+def server_gpus(device: torch.device, devices: list[int] | None) -> list[str] | None:
+    """The GPUs an engine server runs on (its ``CUDA_VISIBLE_DEVICES``): ``devices``, else
+    the trainer's own GPU, shared; None on CPU."""
+    if device.type != "cuda":
+        return None
+    if devices:
+        return [str(d) for d in devices]
+    return [physical_gpu(device.index or 0)]
+
+
 class ServerProcess:
     """A server process this sampler started: its socket and log in a private directory."""
 
-    def __init__(self, cpus: list[int] | None, threads: int, log_level: str, key: bytes):
+    def __init__(
+        self,
+        cpus: list[int] | None,
+        threads: int,
+        log_level: str,
+        key: bytes,
+        gpus: list[str] | None = None,
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="srpo-vllm-"))
         self.socket = str(self.dir / "engine.sock")
         self.log = self.dir / "server.log"
@@ -52,6 +79,8 @@ class ServerProcess:
             "PYTHONUNBUFFERED": "1",
         }
         env.setdefault("VLLM_LOGGING_LEVEL", log_level)
+        if gpus is not None:  # the server's own numbering starts at 0 over these
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         cmd = [sys.executable, "-m", SERVER_MODULE, "--listen", f"unix:{self.socket}"]
         cmd += ["--once", "--parent", str(os.getpid()), "--log-level", log_level]
         if cpus:

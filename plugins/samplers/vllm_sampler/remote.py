@@ -33,7 +33,8 @@ from srpo_plugins.samplers.vllm_sampler.protocol import (
     parse_address,
     send,
 )
-from srpo_plugins.samplers.vllm_sampler.transport import ShmFile, send_stream
+from srpo_plugins.samplers.vllm_sampler.transport import send_stream
+from srpo_plugins.samplers.vllm_sampler.weight_sync import Weights, WeightSync
 
 from srpo.api import PluginError, warn
 
@@ -41,13 +42,20 @@ from srpo.api import PluginError, warn
 class RemoteEngine:
     """An engine server: started here (``url`` None) or attached to at ``url``."""
 
-    def __init__(self, options: Any, engine_args: dict[str, Any], threads: int) -> None:
+    def __init__(
+        self,
+        options: Any,
+        engine_args: dict[str, Any],
+        threads: int,
+        gpus: list[str] | None = None,
+    ) -> None:
         self.options = options
+        self.gpus = gpus  # CUDA: the GPUs a server we start runs on (server_gpus)
         self.proc: ServerProcess | None = None
         self.conn: Connection | None = None
         self.pinned: set[int] | None = None
         self.broken = False  # the server died or a request was abandoned: never used again
-        self.shm: ShmFile | None = None
+        self.sync: WeightSync | None = None  # pushes through vLLM's weight-transfer calls
         self.where = "the engine server"
         deadline = time.monotonic() + options.startup_timeout_s
         try:
@@ -70,8 +78,11 @@ class RemoteEngine:
         if transport == "auto":
             transport = "shm" if is_local(address) else "socket"
         self.transport = transport
-        if transport == "shm":
-            self.shm = ShmFile()
+        # every transport but socket goes through vLLM's weight-transfer control plane:
+        # srpo_shm on CPU, vLLM's ipc or nccl on CUDA (weight_sync, native)
+        backend = engine_args["weight_transfer_config"]["backend"]
+        if transport != "socket":
+            self.sync = WeightSync(self._call, backend, int(engine_args["tensor_parallel_size"]))
 
     # -- starting -------------------------------------------------------------------------
 
@@ -86,7 +97,7 @@ class RemoteEngine:
                     f"cpus leaves it: set run.threads: {left}"
                 )
         key = secrets.token_hex(16).encode()
-        self.proc = ServerProcess(o.cpus, threads, o.log_level, key)
+        self.proc = ServerProcess(o.cpus, threads, o.log_level, key, self.gpus)
         return self.proc.socket, key
 
     def _attach_address(self) -> tuple[Any, bytes]:
@@ -176,14 +187,18 @@ class RemoteEngine:
     def prompt_logprobs(self, ids: list[int]) -> torch.Tensor:
         return torch.tensor(self._call("prompt_logprobs", ids), dtype=torch.float64)
 
-    def push(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """The weights into the server's engine (in place; its prefix cache reset). No
-        deadline here: the sampler's watchdog bounds the whole sync."""
-        if self.shm is not None:
-            index = self.shm.write(weights)
-            self._call("load_weights", {"path": str(self.shm.path), "index": index})
+    def push(self, weights: Weights, version: int) -> None:
+        """The weights (``weights()`` iterates them) into the server's engine, in place, its
+        prefix cache reset; ``version`` becomes its weight version (vLLM's control plane:
+        not the socket transport). No deadline here: the sampler's watchdog bounds it."""
+        if self.sync is not None:
+            self.sync.push(weights, version)
         else:
-            self._call("load_weights", {"path": None}, stream=weights)
+            self._call("load_weights", None, stream=weights())
+
+    def weight_version(self) -> str:
+        """The engine's weight version: the ``version`` of the last push it finished."""
+        return str(self._call("weight_version"))
 
     # -- stopping -------------------------------------------------------------------------
 
@@ -204,8 +219,9 @@ class RemoteEngine:
                 conn.close()
         if self.proc is not None:
             self.proc.stop(grace_s=0.0 if self.broken else 10.0)
-        if self.shm is not None:
-            self.shm.remove()
+        if self.sync is not None:
+            with contextlib.suppress(Exception):  # its file in /dev/shm; a CUDA group
+                self.sync.close()
         if self.pinned is not None:
             unpin_trainer(self.pinned)
             self.pinned = None

@@ -25,6 +25,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import Connection, Listener
 from typing import Any
 
@@ -49,7 +50,8 @@ class EngineServer:
         self.log_level = log_level
         self.llm: Any = None
         self.args: dict[str, Any] | None = None
-        self.shm: Any = None  # the ShmReader of the shm transport, made at the first push
+        self.transfer_open = False  # init_weight_transfer_engine was called on this engine
+        self.updating = False  # between a push's wt_start and its wt_finish
         # why the engine is unusable: vLLM's in-place reload leaves the model without its
         # weights when a push fails half-way (the weights' file vanished, the stream broke)
         self.broken: str | None = None
@@ -60,6 +62,9 @@ class EngineServer:
             try:
                 op, payload = conn.recv()
             except (EOFError, OSError):
+                if self.updating and self.broken is None:  # the model holds part of a push
+                    self.broken = "its client went away in the middle of a push"
+                self.updating = False
                 return False
             if op == "shutdown":
                 conn.send(("ok", None))
@@ -85,8 +90,11 @@ class EngineServer:
             self._drop()
         if self.llm is None:
             from srpo_plugins.samplers.vllm_sampler.engine import open_llm
+            from srpo_plugins.samplers.vllm_sampler.native import register
 
+            register()  # the srpo_shm weight-transfer backend, before the engine names it
             self.llm = open_llm(args, self.log_level)
+            self.transfer_open = False
             self.args = args
         elif args != self.args:
             assert self.args is not None
@@ -105,6 +113,7 @@ class EngineServer:
 
     def _drop(self) -> None:
         llm, self.llm, self.args, self.broken = self.llm, None, None, None
+        self.updating = False
         shutdown = getattr(getattr(llm, "llm_engine", None), "shutdown", None)
         if callable(shutdown):
             shutdown()
@@ -137,25 +146,59 @@ class EngineServer:
         self._usable()
         return engine_logprobs(self.llm, ids).tolist()
 
-    def op_load_weights(self, payload: dict[str, Any], conn: Connection) -> None:
-        from srpo_plugins.samplers.vllm_sampler.transport import ShmReader, StreamReader
+    def op_load_weights(self, payload: Any, conn: Connection) -> None:
+        """The ``socket`` transport (a server on another machine): the weights stream in over
+        this connection after the request, into vLLM's in-place reload."""
+        from srpo_plugins.samplers.vllm_sampler.transport import StreamReader
         from srpo_plugins.samplers.vllm_sampler.weights import load_weights
 
-        stream = None if payload["path"] is not None else StreamReader(conn)
+        stream = StreamReader(conn)
         try:
-            self._usable()
-            if stream is None:
-                self.shm = self.shm or ShmReader()
-                load_weights(self.llm, self.shm.read(payload["path"], payload["index"]))
-            else:
+            with self._weights_at_risk():
                 load_weights(self.llm, stream)
+        finally:
+            stream.finish()
+
+    # vLLM's weight-transfer control plane (``native``; the client is weight_sync's)
+
+    def op_wt_init(self, init_info: dict[str, Any], conn: Connection) -> None:
+        self._usable()
+        if self.transfer_open:  # a client before this one opened it (an attached server)
+            self.llm.shutdown_weight_transfer_engine()
+        self.llm.init_weight_transfer_engine({"init_info": init_info})
+        self.transfer_open = True
+
+    def op_wt_start(self, payload: None, conn: Connection) -> None:
+        with self._weights_at_risk():
+            self.llm.start_weight_update()
+        self.updating = True
+
+    def op_wt_update(self, update_info: Any, conn: Connection) -> None:
+        with self._weights_at_risk():
+            self.llm.update_weights({"update_info": update_info})
+
+    def op_wt_finish(self, version: str | None, conn: Connection) -> None:
+        with self._weights_at_risk():
+            self.llm.finish_weight_update(version)
+        self.updating = False
+        self.llm.reset_prefix_cache()  # its KV came from the old weights
+
+    def op_weight_version(self, payload: None, conn: Connection) -> str:
+        """The version the last finished update gave the engine (the push count)."""
+        self._usable()
+        return str(self.llm.get_weight_version())
+
+    @contextlib.contextmanager
+    def _weights_at_risk(self) -> Iterator[None]:
+        """A step of a push: if it fails, the model may hold part of the weights (vLLM
+        reloads in place), so the engine is not used again."""
+        self._usable()
+        try:
+            yield
         except Exception as e:
             if self.llm is not None and self.broken is None:
                 self.broken = one_line(e)
             raise
-        finally:
-            if stream is not None:
-                stream.finish()
 
 
 def _exit_with(parent: int) -> None:
