@@ -2,7 +2,8 @@
 ``run.max_staleness: 1`` comes to the ideal ``max(generate, train)`` when the engine's time is
 not spent on the trainer's cores.
 
-    ./dev python -m benchmarks.bench_staleness [--steps 10] [--reps 3] [--latency S] [--json PATH]
+    ./dev python -m benchmarks.bench_staleness [--steps 10] [--reps 3] [--latency S]
+        [--device cpu|cuda] [--json PATH]
 
 The engine is a stand-in for a remote one that answers after a fixed latency without using
 this machine's cores (a vLLM server on other hardware): it replays real rollouts of the tiny
@@ -66,9 +67,16 @@ class RemoteStandIn:
 
 
 def run_once(
-    workdir: Path, k: int, steps: int, latency: float, threads: int, prompts: int = 16
+    workdir: Path,
+    k: int,
+    steps: int,
+    latency: float,
+    threads: int,
+    prompts: int = 16,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
-    """Train ``steps`` steps of the tiny math task at ``max_staleness: k``; step metrics."""
+    """Train ``steps`` steps of the tiny math task at ``max_staleness: k`` on ``device``;
+    step metrics."""
     from srpo.config import load_config
     from srpo.kernel.build import build, close_roles
 
@@ -80,7 +88,7 @@ def run_once(
     cfg["checkpoint"] = {"every": 0, "keep": 1}
     cfg["run"].update(
         output_dir=str(workdir / f"k{k}"), max_steps=steps, prompts_per_step=prompts, epochs=1,
-        threads=threads, max_staleness=k, seed=0,
+        threads=threads, max_staleness=k, seed=0, device=device,
     )  # fmt: skip
     cfg["algorithm"]["rollout_correction"] = {"mode": "token_tis"}
     workdir.mkdir(parents=True, exist_ok=True)
@@ -134,6 +142,44 @@ def measure(sync: list[dict[str, Any]], ahead: list[dict[str, Any]]) -> dict[str
     }
 
 
+def measure_pipeline(
+    steps: int,
+    prompts: int,
+    reps: int,
+    threads: int,
+    latency: float | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """The whole measurement: a recording run, then ``reps`` interleaved pairs of runs at
+    staleness 0 and 1; the medians and each pair (also ``benchmarks.gpu``'s, on CUDA)."""
+    reps_out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        record = run_once(work / "record", 0, steps, 0.0, threads, prompts, device)
+        gc.collect()
+        if latency is None:  # the balanced case: engine latency = the update's time
+            latency = round(max(0.1, median(record, "time/update")), 2)
+        for i in range(reps):  # interleaved A-B, B-A: drift hits both settings alike
+            got = {}
+            for k in (0, 1) if i % 2 == 0 else (1, 0):
+                got[k] = run_once(work / f"{i}-{k}", k, steps, latency, threads, prompts, device)
+                gc.collect()  # the finished run's model and optimizer, before the next
+            reps_out.append(measure(got[0], got[1]))
+    load = os.getloadavg()
+    return {
+        "device": device,
+        "threads": threads,
+        "load_avg_1m": round(load[0], 2),
+        "steps": steps,
+        "prompts_per_step": prompts,
+        "reps": reps,
+        "engine_latency_s": latency,
+        "replay_misses": RemoteStandIn.misses,
+        "median": {k: round(statistics.median(r[k] for r in reps_out), 3) for k in reps_out[0]},
+        "each": [{k: round(v, 3) for k, v in r.items()} for r in reps_out],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=10, help="steps per run (the first is a bubble)")
@@ -143,46 +189,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=64, help="prompts per step (8 rollouts each)")
     ap.add_argument("--reps", type=int, default=4, help="repetitions of the pair of runs")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the trainer")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="the trainer's")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     a = ap.parse_args(argv)
-    reps = []
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        latency = a.latency
-        record = run_once(work / "record", 0, a.steps, 0.0, a.threads, a.prompts)
-        gc.collect()
-        if latency is None:  # the balanced case: engine latency = the update's time
-            latency = round(max(0.1, median(record, "time/update")), 2)
-        for i in range(a.reps):  # interleaved A-B, B-A: drift hits both settings alike
-            got = {}
-            for k in (0, 1) if i % 2 == 0 else (1, 0):
-                got[k] = run_once(work / f"{i}-{k}", k, a.steps, latency, a.threads, a.prompts)
-                gc.collect()  # the finished run's model and optimizer, before the next
-            reps.append(measure(got[0], got[1]))
-    load = os.getloadavg()
-    mid = {k: round(statistics.median(r[k] for r in reps), 3) for k in reps[0]}
-    out = {
-        "threads": a.threads,
-        "load_avg_1m": round(load[0], 2),
-        "steps": a.steps,
-        "prompts_per_step": a.prompts,
-        "reps": a.reps,
-        "engine_latency_s": latency,
-        "replay_misses": RemoteStandIn.misses,
-        "median": mid,
-        "each": [{k: round(v, 3) for k, v in r.items()} for r in reps],
-    }
+    out = measure_pipeline(a.steps, a.prompts, a.reps, a.threads, a.latency, a.device)
+    mid, latency = out["median"], out["engine_latency_s"]
     print(
-        f"threads {a.threads}, load {load[0]:.2f}, {a.prompts} prompts x 8 per step; median of "
-        f"{a.reps} interleaved pairs of runs (each: median wall-clock period of steps "
-        f"3..{a.steps}, end of one step to end of the next):\n"
+        f"{a.device}, threads {a.threads}, load {out['load_avg_1m']:.2f}, {a.prompts} prompts x 8 "
+        f"per step; median of {a.reps} interleaved pairs of runs (each: median wall-clock "
+        f"period of steps 3..{a.steps}, end of one step to end of the next):\n"
         f"  engine latency {latency:.2f} s, train {mid['train_s']:.3f} s\n"
         f"  max_staleness 0: {mid['step_staleness0_s']:.3f} s/step   "
         f"max_staleness 1: {mid['step_staleness1_s']:.3f} s/step "
         f"(speed-up {mid['speedup']:.2f}x)\n"
         f"  staleness 1 / max(generate, train) = {mid['staleness1_over_ideal']:.3f} "
         f"(bar <= 1.10); / max(latency, its own work) = {mid['staleness1_over_own_ideal']:.3f}\n"
-        f"  each pair: {[round(r['staleness1_over_ideal'], 3) for r in reps]}"
+        f"  each pair: {[r['staleness1_over_ideal'] for r in out['each']]}"
     )
     if a.json:
         a.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -14,7 +14,10 @@ What it runs, all forward + backward, side by side in one process:
     h @ W.T -> log_softmax -> gather, with peak memory (torch.cuda.max_memory_allocated);
   * a device-to-device copy_ of 1 GiB: the achievable bandwidth;
   * one policy update of SmolLM2-135M on 64 long-tail rollouts (bench_long: mean 250, max
-    2,048 tokens), the padded layout from before token budgets vs packed passes.
+    2,048 tokens), the padded layout from before token budgets vs packed passes;
+  * the pipeline of generation beside the update (bench_staleness): the tiny task's trainer on
+    the GPU, an engine whose time is not the trainer's, step time at max_staleness 1 against
+    max(generate, train).
 GB/s of the loss is its bytes (bench_loss.bytes_touched: 13 B/token in float32, 7 in bfloat16,
 +20 B/sequence) over its time, as a share of the device's HBM peak (device_peaks: vendor figures
 by device name; else memory clock x bus width from the device's properties) and of the measured
@@ -80,6 +83,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "reps": 20,
         # issue 24's long-tail update on SmolLM2 (its weights, built by the example's script)
         "long": {"rollouts": 64, "mean": 250.0, "max_len": 2048, "reps": 2, "model": "smollm2"},
+        # issue 26's pipeline efficiency: the trainer on the GPU, a stand-in remote engine
+        "staleness": {"steps": 10, "prompts": 64, "reps": 2},
     },
     "cpu": {  # the command's own check: tiny, a few seconds
         "loss": [(64, 128, "all"), (128, 256, "bandwidth")],
@@ -87,6 +92,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "copy_bytes": 8 << 20,
         "reps": 3,
         "long": {"rollouts": 16, "mean": 24.0, "max_len": 64, "reps": 1, "model": "tiny"},
+        "staleness": {"steps": 4, "prompts": 8, "reps": 1},
     },
 }
 
@@ -170,6 +176,17 @@ def measure_long(device: str, spec: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
 
 
+def measure_staleness(device: str, size: dict[str, Any]) -> dict[str, Any]:
+    """Step time at ``max_staleness`` 1 against max(generate, train) with the trainer on
+    ``device`` and an engine whose time is not the trainer's (bench_staleness's stand-in that
+    replays real rollouts after a latency equal to the update time)."""
+    from benchmarks.bench_staleness import measure_pipeline
+
+    spec = size["staleness"]
+    threads = 1 if device == "cpu" else 2
+    return measure_pipeline(spec["steps"], spec["prompts"], spec["reps"], threads, device=device)
+
+
 def run_all(device: str, reps: int | None = None) -> dict[str, Any]:
     """Every benchmark; a failing one is recorded (``error``) and the others still run."""
     import torch
@@ -216,6 +233,7 @@ def run_all(device: str, reps: int | None = None) -> dict[str, Any]:
     for r, label in zip(out["linear"], size["linear"], strict=True):
         r["shape"] = label
     out["long"] = attempt("long-answer update", lambda: measure_long(device, size["long"]))
+    out["staleness"] = attempt("staleness pipeline", lambda: measure_staleness(device, size))
     out["env"]["backend"] = ops.active_backend()
     return out
 
@@ -376,9 +394,33 @@ def render(res: dict[str, Any]) -> str:
         "logits). Peak extra memory includes the gradients of hidden and weight."
     )
     lines += _render_long(res.get("long"))
+    lines += _render_staleness(res.get("staleness"))
     if res["errors"]:
         lines.append("\nFailed: " + "; ".join(res["errors"]))
     return "\n".join(lines)
+
+
+def _render_staleness(r: dict[str, Any] | None) -> list[str]:
+    if r is None:
+        return []
+    lines = ["\n### Generation beside the update: the pipeline's efficiency (`bench_staleness`)\n"]
+    if "error" in r:
+        return [*lines, f"**failed**: {r['error']}"]
+    m = r["median"]
+    lines += [
+        f"The tiny math task, {r['prompts_per_step']} prompts × 8 per step, {r['steps']} steps, "
+        f"trainer on {r['device']} ({r['threads']} CPU threads), an engine answering after "
+        f"{r['engine_latency_s']:.2f} s (the update's time) without this machine's compute; "
+        f"median of {r['reps']} interleaved pairs. Bar: staleness 1 ≤ 1.10 × max(generate, "
+        "train).\n",
+        "| generate (s) | train (s) | staleness 0 (s/step) | staleness 1 (s/step) | "
+        "÷ max(generate, train) | speed-up |",
+        "|---|---|---|---|---|---|",
+        f"| {m['generate_s']:.3f} | {m['train_s']:.3f} | {m['step_staleness0_s']:.3f} | "
+        f"{m['step_staleness1_s']:.3f} | {m['staleness1_over_ideal']:.3f} | "
+        f"{m['speedup']:.2f}× |",
+    ]
+    return lines
 
 
 def _render_long(r: dict[str, Any] | None) -> list[str]:

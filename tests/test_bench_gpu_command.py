@@ -58,6 +58,8 @@ def test_cpu_run_writes_and_replaces_the_marked_section(tmp_path: Path) -> None:
     assert "| fused |" in section and "failed" not in section.lower()
     assert "### Long answers: one update, padded vs packed" in section
     assert "| packed |" in section and "| before |" in section
+    assert "### Generation beside the update: the pipeline's efficiency" in section
+    assert "| staleness 1 (s/step) |" in section
     assert (tmp_path / "g.json").stat().st_size > 0
 
     # the second run in this process (the same main(); saves a torch import)
