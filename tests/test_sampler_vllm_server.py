@@ -33,6 +33,7 @@ import pytest
 import torch
 
 from srpo.api import PluginContext, PluginError, RolloutBatch, Scores
+from srpo.config import AlgorithmSection, OptimizerSection, PolicySection
 from srpo.policy import Policy
 from tests.support.smollm2 import SMOLLM2, smollm2_model_dir
 
@@ -220,6 +221,32 @@ def test_a_client_gone_in_the_middle_of_a_push_leaves_no_half_loaded_engine(
         assert mean < LOGP_TOL and worst < 10 * LOGP_TOL
     finally:
         s.close()
+
+
+def test_a_run_attaching_to_an_engine_left_with_another_runs_weights_starts_on_its_own(
+    server: dict, policy: Policy, tmp_path: Path
+):
+    """An attached server's engine outlives runs: the one before left its trained weights
+    in it. A new run, its policy fresh from the model's files, pushes its own weights before
+    the probe at start, which then passes (it failed before: 'its weights are not the
+    policy's'), and samples from them."""
+    fresh = Policy(
+        policy.model_dir,
+        PolicySection(path=policy.model_dir, optimizer=OptimizerSection(lr=1e-4)),
+        AlgorithmSection(group_size=4),
+        total_steps=4,
+    )
+    assert not torch.equal(fresh.model.lm_head.weight, policy.model.lm_head.weight)
+    s = attach(server, fresh, tmp_path, verify_sync="every")
+    try:
+        batch = s.generate(prompts(), 4, seeds=SEEDS)
+    finally:
+        s.close()
+    rows = torch.arange(batch.num_rollouts)
+    trainer, _ = fresh.response_logprobs(fresh.model, batch, rows)
+    assert (trainer.detach() - batch.behaviour_logp).abs()[batch.response_mask].max() < LOGP_TOL
+    del fresh
+    gc.collect()
 
 
 def test_a_client_wanting_another_engine_gets_one_line(

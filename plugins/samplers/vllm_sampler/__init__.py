@@ -207,6 +207,13 @@ class VLLMSampler(Sampler):
             self.engine_dtype = str(dtype).removeprefix("torch.")
         self.probe = probe_tokens(policy)
         try:
+            if self.remote is not None and options.url is not None:
+                # an attached engine outlives runs and may hold the last one's weights
+                run_with_deadline(
+                    lambda: self.remote.push(lambda: full_weights(policy), 0),  # type: ignore[union-attr]
+                    options.sync_timeout_s,
+                    "weight sync at start",
+                )
             self._check_probe(policy, "at start")
         except BaseException:
             if self.remote is not None:  # a server is a process (or a connection): stop it
