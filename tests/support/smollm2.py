@@ -12,6 +12,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -60,3 +61,19 @@ def smollm2_model_dir() -> Path:
             f"{PACKAGE}), so there is no SmolLM2 model to build"
         )
     return out
+
+
+def smollm2_policy(device: str = "cpu") -> Any:
+    """A trainable SmolLM2 policy as the vLLM sampler tests use it (lr 1e-4, G = 4, four
+    steps), from the built model directory (skips like ``smollm2_model_dir``)."""
+    from srpo.config import AlgorithmSection, OptimizerSection, PolicySection
+    from srpo.policy import Policy
+
+    model_dir = smollm2_model_dir()
+    return Policy(
+        model_dir,
+        PolicySection(path=model_dir, optimizer=OptimizerSection(lr=1e-4)),
+        AlgorithmSection(group_size=4),
+        total_steps=4,
+        device=device,
+    )
