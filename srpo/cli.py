@@ -324,12 +324,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         with _warnings_as_lines():
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
     except SrpoError as e:
-        return _fail(str(e), e.exit_code)
+        code = _fail(str(e), e.exit_code)
     except KeyboardInterrupt:  # outside a training run's own handler: exit quietly
         print("\nsrpo: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    dist = sys.modules.get("srpo.distributed")  # loaded by a run; never imported for this
+    if args.owns_process and dist is not None:
+        dist.end_rank_process(code)  # a torchrun rank ends there (its docstring says why)
+    return code
 
 
 if __name__ == "__main__":
