@@ -118,7 +118,7 @@ def one_process(work) -> Path:
 def two_ranks(work) -> Path:
     out = work / "two"
     path = harness.write(_config(out), work / "two.yaml")
-    cmd = _torchrun("--nproc-per-node", "2", "-m", "srpo", "run", str(path))
+    cmd = _torchrun("--standalone", "--nproc-per-node", "2", "-m", "srpo", "run", str(path))
     _check(subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900))
     return out
 
